@@ -147,31 +147,31 @@ def manifest_path(directory: str) -> str:
 
 def write_manifest(directory: str, manifest: Manifest) -> str:
     """Write `dataset.json` atomically: a reader sees the old manifest, none, or the whole new one."""
-    import tensorflow as tf  # Deferred: only writers and readers of real folders need TensorFlow.
+    from preprocessing import storage  # Deferred: only writers and readers of real folders need it.
 
     manifest.validate(directory)
     path = manifest_path(directory)
     temporary = join_path(directory, f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp")
-    with tf.io.gfile.GFile(temporary, "w") as handle:
+    with storage.open_file(temporary, "w") as handle:
         handle.write(manifest.to_json())
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    storage.rename(temporary, path)
     return path
 
 
 def read_manifest(directory: str) -> Manifest:
     """Read and validate `DIR/dataset.json`; raise ManifestError naming the path otherwise."""
-    import tensorflow as tf
+    from preprocessing import storage
 
     path = manifest_path(directory)
-    if not tf.io.gfile.exists(path):
+    if not storage.is_file(path):
         raise ManifestError(
             f"{path}: dataset manifest not found; prepare the data with `split-data NAME --output {directory}`"
             " (the manifest is written last, so a missing one also means an unfinished job)")
-    with tf.io.gfile.GFile(path, "r") as handle:
+    with storage.open_file(path, "r") as handle:
         manifest = Manifest.from_json(handle.read(), source=path)
     for split, info in manifest.splits.items():
         for name in info.files:
-            if not tf.io.gfile.exists(join_path(directory, name)):
+            if not storage.is_file(join_path(directory, name)):
                 raise ManifestError(f"{path}: shard {name} of split {split!r} not found in {directory}")
     return manifest
 
@@ -211,7 +211,8 @@ def serialize_example(image: np.ndarray, label: int, index: int,
     }
     for name, value in sorted((factors or {}).items()):
         feature[FACTOR_PREFIX + name] = int_feature(value)
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: map fields otherwise serialize in an order that can differ between processes.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def feature_spec(factor_names: Sequence[str] = ()) -> dict[str, Any]:

@@ -4,20 +4,19 @@ Beam's own `WriteToTFRecord` spreads elements over shards starting at a random s
 bundle order, so two runs of the same job give different bytes. Every dataset here is a pure
 function of (seed, split, index), so we place each record by its index instead: shard
 `index % num_shards`, records sorted by index inside the shard. Any runner, any number of
-workers, gives byte-identical files. Each shard is written under a temporary name and renamed,
-so a shard that exists is complete.
+workers, gives byte-identical files. A shard file appears only once it is complete (see
+`storage.write_tfrecords`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from typing import Iterable
 
 import apache_beam as beam
 
-from preprocessing import schema
+from preprocessing import schema, storage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,18 +37,11 @@ class _WriteShard(beam.DoFn):
         self._compression = compression
 
     def process(self, element: tuple[int, Iterable[tuple[int, bytes]]]):
-        import tensorflow as tf
-
         shard, keyed_records = element
         records = sorted(keyed_records, key=lambda item: item[0])
         name = schema.shard_name(self._split, shard, self._num_shards, self._compression)
         path = schema.join_path(self._output_dir, name)
-        temporary = schema.join_path(self._output_dir, f".{name}.{uuid.uuid4().hex}.tmp")
-        options = tf.io.TFRecordOptions(compression_type=self._compression or None)
-        with tf.io.TFRecordWriter(temporary, options) as writer:
-            for _, record in records:
-                writer.write(record)
-        tf.io.gfile.rename(temporary, path, overwrite=True)
+        storage.write_tfrecords(path, (record for _, record in records), self._compression)
         _LOGGER.info("wrote %s (%d records)", path, len(records))
         yield self._split, name, len(records)
 
