@@ -43,7 +43,7 @@ def default_runner(options: PipelineOptions) -> str | None:
 
     Beam 2.77's DirectRunner first tries the Prism runner, which downloads its binary from
     GitHub, and falls back to the FnApiRunner when that fails. Naming the FnApiRunner skips the
-    download; it honours --direct_num_workers and --direct_running_mode.
+    download, and the FnApiRunner honours --direct_num_workers and --direct_running_mode.
     """
     return None if options.view_as(StandardOptions).runner else "FnApiRunner"
 
@@ -65,7 +65,7 @@ def run_pipeline(output_dir: str, beam_argv: list[str],
     """Prepare `output_dir`, build the pipeline with `build`, run it and wait for it to finish.
 
     `beam_argv` goes to `PipelineOptions` untouched. Returns the finished result, whose
-    `metrics()` hold the jobs' counters of skipped records.
+    `metrics()` contain the job's counters of skipped records.
     """
     prepare_output(output_dir)
     options = PipelineOptions(beam_argv)

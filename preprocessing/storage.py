@@ -1,11 +1,11 @@
 """File access for local paths and `gs://` URLs, shared by the preprocessing jobs and the schema.
 
 `gs://` paths go through google-cloud-storage, every other path through `tf.io.gfile`.
-TensorFlow 2.21 registers a `gs` file system of its own, but that client always sends its
-requests to www.googleapis.com and ignores `STORAGE_EMULATOR_HOST`: run in a network namespace
-with only a loopback device, `tf.io.gfile.exists("gs://...")` failed on resolving that host while
-an emulator listened on 127.0.0.1. google-cloud-storage honours the variable, so one code path
-serves Google Cloud Storage and a local emulator alike. Credentials are the client's usual
+TensorFlow 2.21 registers a `gs` file system of its own, but that client sends its requests to
+www.googleapis.com and ignores `STORAGE_EMULATOR_HOST`. In a network namespace with only a
+loopback device, `tf.io.gfile.exists("gs://...")` failed on resolving that host while an emulator
+listened on 127.0.0.1. google-cloud-storage honours the variable, so one code path serves Google
+Cloud Storage and a local emulator alike. Credentials are the client's usual
 Application Default Credentials; with `STORAGE_EMULATOR_HOST` set it uses anonymous ones.
 
 A GCS object appears only once its upload is complete, so writes to `gs://` need no temporary

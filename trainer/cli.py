@@ -19,6 +19,9 @@ from trainer import presets
 # Exit statuses beyond argparse's 2 for usage errors.
 EXIT_INVALID = 2
 EXIT_NON_FINITE_LOSS = 3
+# Preempted (SIGTERM) after saving a checkpoint: EX_TEMPFAIL of sysexits.h, "try again later",
+# which a restart policy (for example a Kubernetes Job's podFailurePolicy) can match to retry.
+EXIT_PREEMPTED = 75
 
 _EXPECTED_ERRORS = (ValueError, FileNotFoundError, config_module.ConfigError, ManifestError)
 
@@ -30,15 +33,24 @@ def _configure_logging() -> None:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one `--NAME` flag per config field (the original hyperparameter names)."""
+    """Add one `--NAME` flag per config field (the original hyperparameter names).
+
+    A boolean field is a switch: `--NAME` (or the original single-dash `-NAME`) turns it on and
+    `--no-NAME` off.
+    """
     for config_class in (config_module.ModelConfig, config_module.TrainConfig):
         group = parser.add_argument_group(f"{config_class.__name__} overrides (default: the preset's value)")
         for field in dataclasses.fields(config_class):
-            kind = {"int": int, "float": float, "str": str}[field.type if isinstance(field.type, str)
-                                                             else field.type.__name__]
+            type_name = field.type if isinstance(field.type, str) else field.type.__name__
+            if type_name == "bool":
+                group.add_argument(f"-{field.name}", f"--{field.name}", dest=field.name,
+                                   action=argparse.BooleanOptionalAction, default=None,
+                                   help=f"switch {field.name} on (off: --no-{field.name})")
+                continue
+            kind = {"int": int, "float": float, "str": str}[type_name]
             choices = None
             if field.name == "model":
-                choices = config_module.VAE_MODELS
+                choices = config_module.MODELS
             elif field.name == "augmentation":
                 choices = config_module.AUGMENTATIONS
             group.add_argument(f"--{field.name}", type=kind, default=None, choices=choices,
@@ -55,16 +67,16 @@ def resolve_config(args: argparse.Namespace) -> config_module.ExperimentConfig:
     return config
 
 
-def _run(command: str, body: Callable[[], None]) -> int:
+def _run(command: str, body: Callable[[], int | None]) -> int:
     try:
-        body()
+        status = body()
     except FloatingPointError as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return EXIT_NON_FINITE_LOSS
     except _EXPECTED_ERRORS as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    return 0
+    return status or 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -79,12 +91,17 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging()
 
-    def body() -> None:
+    def body() -> int | None:
         from trainer import loop  # TensorFlow loads only once the flags are valid.
 
         config = resolve_config(args)
-        result = loop.train(config, args.data, args.run_dir)
+        try:
+            result = loop.train(config, args.data, args.run_dir)
+        except loop.TrainingPreempted as stop:
+            print(f"split-train: {stop}", file=sys.stderr)
+            return EXIT_PREEMPTED
         print(f"trained {config.preset} to step {result.final_step}; run directory: {result.run_dir}")
+        return None
 
     return _run("split-train", body)
 
@@ -96,15 +113,22 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run_dir", required=True, help="run directory written by split-train")
     parser.add_argument("--data", default=None, help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--classifier_dir", default=None,
+                        help="digit classifier of split-classifier for the disentanglement table"
+                             " (default: DATA/classifier; the table is skipped when none exists)")
     args = parser.parse_args(argv)
     _configure_logging()
 
     def body() -> None:
-        from trainer import evaluation
+        from trainer import disentanglement, evaluation
 
         report = evaluation.evaluate_run(args.run_dir, data_dir=args.data, split=args.split)
         print(report.table)
         print(f"metrics: {report.metrics_path}")
+        table = disentanglement.evaluate_if_available(args.run_dir, data_dir=args.data,
+                                                      classifier_dir=args.classifier_dir, split=args.split)
+        if table is not None:
+            print(table.table)
 
     return _run("split-evaluate", body)
 

@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Mapping
 
 VAE_MODELS = ("lgvae", "gmvae", "lggmvae")
 GMVAE_MODELS = ("gmvae", "lggmvae")
-LOCAL_PATH_MODELS = ("lgvae", "lggmvae")
+# Object detection: SPAIR with a black background, with a learned background, and SPLIT-SPAIR.
+SPAIR_MODELS = ("spair", "bg_spair", "lg_spair")
+MODELS = VAE_MODELS + SPAIR_MODELS
+LOCAL_PATH_MODELS = ("lgvae", "lggmvae", "lg_spair")
 AUGMENTATIONS = ("scramble", "mix_scramble", "blur", "high_low_pass", "no_op")
+# Augmentations whose view stays in the image's value range; the SPAIR family scores its
+# reconstruction of `x_hat` with a Bernoulli likelihood, which needs values in [0, 1].
+BOUNDED_AUGMENTATIONS = ("scramble", "mix_scramble", "blur", "no_op")
+# The SPAIR backbone's strides (2, 2, 3) make one grid cell of 12 x 12 pixels, and the
+# convolutional background and local decoders start from an H/8 x W/8 map.
+SPAIR_CELL_PIXELS = 12
+CONV_DECODER_DIVISOR = 8
+# `TrainConfig.strategy`: "auto" picks multi_worker when TF_CONFIG names a cluster, mirrored when
+# more than one GPU is used, and the default (one-device) strategy otherwise.
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+# `TrainConfig.mixed_precision`: Keras dtype policies; variables and losses stay float32 in both.
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 class ConfigError(ValueError):
@@ -36,10 +52,27 @@ class ModelConfig:
     alpha: float = 40.0
     augmentation: str = "scramble"
     patch_size: int = 1
+    # The SPAIR family (`spair`, `bg_spair`, `lg_spair`). Its own defaults for the shared names
+    # above (beta 0.5, tau 0.8, patch_size 4) are set by its presets.
+    latent_size: int = 128
+    bg_latent_size: int = 4
+    local_latent_size: int = 64
+    object_size: int = 32
+    z_what_beta: float = 0.1
+    z_l_beta: float = 0.1
+    z_bg_beta: float = 10.0
+    prior_z_zoom: float = 0.0
+    prior_z_zoom_start: float = 10.0
+    z_pres_anneal_step: int = 10_000
+    split_z_l: bool = False
+    concat_z_what: bool = False
+    dense_local: bool = False
+    dense_bg: bool = False
+    concat_z_bg: bool = False
 
     def validate(self) -> None:
-        if self.model not in VAE_MODELS:
-            raise ConfigError(f"--model {self.model!r} is not one of {', '.join(VAE_MODELS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"--model {self.model!r} is not one of {', '.join(MODELS)}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(
                 f"--augmentation {self.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
@@ -50,11 +83,44 @@ class ModelConfig:
             raise ConfigError(f"--tau must be positive, got {self.tau}")
         if self.beta < 0 or self.alpha < 0:
             raise ConfigError(f"--beta and --alpha must be non-negative, got {self.beta} and {self.alpha}")
+        if self.model in SPAIR_MODELS:
+            self._validate_spair()
+
+    def _validate_spair(self) -> None:
+        for name in ("latent_size", "bg_latent_size", "local_latent_size", "z_pres_anneal_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.object_size < 4 or self.object_size % 4:
+            raise ConfigError(
+                f"--object_size must be a positive multiple of 4 (the object decoder starts at a quarter"
+                f" of it), got {self.object_size}")
+        for name in ("z_what_beta", "z_l_beta", "z_bg_beta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be non-negative, got {getattr(self, name)}")
+        if self.model == "lg_spair" and self.augmentation not in BOUNDED_AUGMENTATIONS:
+            raise ConfigError(
+                f"--augmentation {self.augmentation!r} makes a view outside [0, 1], which lg_spair cannot"
+                f" score; choose one of {', '.join(BOUNDED_AUGMENTATIONS)}")
+
+    def _spair_size_divisor(self) -> int:
+        """Return the number that must divide the image height and width of a SPAIR-family model."""
+        divisor = SPAIR_CELL_PIXELS
+        uses_conv_decoder = (self.model != "spair" and not self.dense_bg) or (
+            self.model == "lg_spair" and not self.dense_local)
+        if uses_conv_decoder:
+            divisor = math.lcm(divisor, CONV_DECODER_DIVISOR)
+        return divisor
 
     def validate_image_shape(self, image_shape: tuple[int, int, int]) -> None:
-        """Check what depends on the data: patch size and the decoder's H/8 x W/8 start."""
+        """Check what depends on the data: patch size, the decoders' H/8 x W/8 start, SPAIR's grid."""
         height, width, _ = image_shape
-        if height % 8 or width % 8:
+        if self.model in SPAIR_MODELS:
+            divisor = self._spair_size_divisor()
+            if height % divisor or width % divisor:
+                raise ConfigError(
+                    f"image size {height}x{width} is not a multiple of {divisor}, which {self.model} needs"
+                    f" (a grid cell is {SPAIR_CELL_PIXELS} pixels; convolutional decoders start at H/8 x W/8)")
+        elif height % 8 or width % 8:
             raise ConfigError(f"image size {height}x{width} is not a multiple of 8, which the decoder needs")
         if self.augmentation in ("scramble", "high_low_pass") and (height % self.patch_size or width % self.patch_size):
             raise ConfigError(
@@ -77,6 +143,16 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 50
     shuffle_buffer: int = 10_000
+    # Adam's per-variable gradient clipping (Keras `clipnorm`); 0 turns it off. SPAIR uses 1.0.
+    clipnorm: float = 0.0
+    strategy: str = "auto"
+    # Replicas of a mirrored run: the first N GPUs, or on a machine without GPUs the first N
+    # logical CPU devices the process configured. 0 uses every one of them.
+    devices: int = 0
+    # Compile each replica's forward and backward pass with XLA. Off by default because on CPU
+    # it is slower (benchmarks/train_speed.py measures both).
+    jit_compile: bool = False
+    mixed_precision: str = "float32"
 
     def validate(self) -> None:
         for name in ("training_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -85,6 +161,15 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.clipnorm < 0:
+            raise ConfigError(f"--clipnorm must be non-negative (0 turns clipping off), got {self.clipnorm}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.devices < 0:
+            raise ConfigError(f"--devices must be non-negative (0 uses every device), got {self.devices}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(
+                f"--mixed_precision {self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 @dataclasses.dataclass(frozen=True)

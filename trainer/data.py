@@ -1,8 +1,9 @@
 """The input pipeline: prepared shards to batches of `concat([x, x_hat])`.
 
-Images are decoded from PNG, scaled to [-1, 1] (the VAE family's range), batched, and the
-auxiliary view is computed on whole batches with a stateless seed derived from (run seed, batch
-number), so that a run is reproducible and no per-image Python work runs in the pipeline.
+Images are decoded from PNG, scaled to the model family's range ([-1, 1] for the VAE family,
+[0, 1] for the SPAIR family), batched, and the auxiliary view is computed on whole batches with
+a stateless seed derived from (run seed, batch number), so that a run is reproducible and no
+per-image Python work runs in the pipeline.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from preprocessing import schema
 from trainer import augment
-from trainer.config import LOCAL_PATH_MODELS, ExperimentConfig
+from trainer.config import LOCAL_PATH_MODELS, SPAIR_MODELS, ExperimentConfig
 
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -53,13 +54,20 @@ def to_signed_unit(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
+def to_model_range(images: tf.Tensor, config: ExperimentConfig) -> tf.Tensor:
+    """Scale uint8 images to float32 in the model's range: [0, 1] for the SPAIR family, else [-1, 1]."""
+    if config.model.model in SPAIR_MODELS:
+        return tf.cast(images, tf.float32) / 255.0
+    return to_signed_unit(images)
+
+
 def from_signed_unit(images):
     """Scale [-1, 1] images (tensors or arrays) to [0, 1] for display."""
     return (images + 1.0) / 2.0
 
 
 def with_view(images: tf.Tensor, config: ExperimentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Return the model input for a batch of [-1, 1] images: `x`, or `concat([x, x_hat])`."""
+    """Return the model input for a batch of images in the model's range: `x`, or `concat([x, x_hat])`."""
     if config.model.model not in LOCAL_PATH_MODELS:
         return images
     view = augment.make_view(images, config.model.augmentation, config.model.patch_size, seed)
@@ -88,7 +96,7 @@ def training_dataset(data_dir: str, manifest: schema.Manifest, config: Experimen
         images = images.cache()
     images = images.repeat()
     images = images.shuffle(min(config.train.shuffle_buffer, max(num_records, 1)), seed=seed + start_step)
-    batches = images.batch(batch_size, drop_remainder=True).map(to_signed_unit)
+    batches = images.batch(batch_size, drop_remainder=True).map(lambda batch: to_model_range(batch, config))
 
     base_seed = tf.constant([seed, start_step], tf.int64)
 
@@ -108,7 +116,7 @@ def evaluation_batches(data_dir: str, manifest: schema.Manifest, config: Experim
     def add_inputs(batch_number, records):
         batch_seed = tf.cast(tf.random.experimental.stateless_fold_in(base_seed, batch_number), tf.int32)
         records = dict(records)
-        records["inputs"] = with_view(to_signed_unit(records[schema.IMAGE_KEY]), config, batch_seed)
+        records["inputs"] = with_view(to_model_range(records[schema.IMAGE_KEY], config), config, batch_seed)
         return records
 
     records = read_records(data_dir, manifest, split).batch(batch_size)

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import schema
-from trainer import data, loop, metrics
+from trainer import data, loop, metrics, tables
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, split: str = "test",
 
     path = schema.join_path(run_dir, METRICS_NAME)
     loop.write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tables.write_run_tables(run_dir, results)
     return EvaluationReport(results, path, metrics_table(results))
 
 

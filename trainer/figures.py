@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import schema
-from trainer import data, evaluation, loop, plotting
+from trainer import data, disentanglement, evaluation, loop, plotting
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def draw_figures(run_dir: str, data_dir: str | None = None, split: str = "test")
         caption = f"Fig. 7: {split} images grouped by assigned cluster"
         save("fig7_test_clusters", _grouped_by_cluster(model, config, data_dir, manifest, split, caption), caption)
 
-    tables = _metric_tables(run_dir)
+    tables = _metric_tables(run_dir) + disentanglement.report_tables(run_dir)
     report = plotting.write_report(schema.join_path(figures_dir, REPORT_NAME),
                                    title=f"{config.preset}: {config.description}",
                                    config=config.to_dict(), tables=tables, figures=written)

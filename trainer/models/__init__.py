@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from trainer.config import VAE_MODELS, ConfigError, ModelConfig
+from trainer.config import SPAIR_MODELS, VAE_MODELS, ConfigError, ModelConfig
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> keras.Model:
@@ -18,6 +18,10 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int]) -> keras
         from trainer.models import vae
 
         model = vae.SplitVAE(config, tuple(image_shape), name=config.model)
+    elif config.model in SPAIR_MODELS:
+        from trainer.models import spair
+
+        model = spair.Spair(config, tuple(image_shape), name=config.model)
     else:
         raise ConfigError(f"--model {config.model!r} is not known")
     model.build_variables()

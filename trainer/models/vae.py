@@ -26,7 +26,13 @@ def _conv(filters: int, kernel: int, stride: int, activation: str | None) -> ker
 
 def _positive(pre_activation: tf.Tensor) -> tf.Tensor:
     # The floor keeps log(sigma) finite in the KL terms, which the original lacked.
-    return tf.nn.softplus(pre_activation) + losses.SIGMA_FLOOR
+    return tf.nn.softplus(_float32(pre_activation)) + losses.SIGMA_FLOOR
+
+
+def _float32(values: tf.Tensor) -> tf.Tensor:
+    # Under the mixed_bfloat16 policy layers compute in bfloat16. Distribution parameters are
+    # cast back so that sampling, the KL terms and the likelihood run in float32.
+    return tf.cast(values, tf.float32)
 
 
 def _gaussian_sample(mean: tf.Tensor, sigma: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -55,7 +61,7 @@ class GaussianEncoder(keras.layers.Layer):
         for convolution in self.convolutions:
             features = convolution(features)
         features = self.flatten(features)
-        return self.mean(features), _positive(self.sigma(features))
+        return _float32(self.mean(features)), _positive(self.sigma(features))
 
 
 class Decoder(keras.layers.Layer):
@@ -81,7 +87,7 @@ class Decoder(keras.layers.Layer):
         features = self.reshape(self.dense(latent))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        parameters = self.output_convolution(features)
+        parameters = _float32(self.output_convolution(features))
         return parameters[..., :self.channels], parameters[..., self.channels:]
 
 
@@ -111,17 +117,17 @@ class MixtureEncoder(keras.layers.Layer):
 
     def logits(self, features: tf.Tensor, seed: tf.Tensor, training: bool) -> tf.Tensor:
         hidden = _dropout(self.cluster_hidden(features), seed, training)
-        return self.cluster_logits(self.cluster_bottleneck(hidden))
+        return _float32(self.cluster_logits(self.cluster_bottleneck(hidden)))
 
     def prior(self, cluster: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Return the mean and sigma of p(z | y) for (relaxed) one-hot `y` `[batch, K]`."""
-        return self.prior_mean(cluster), _positive(self.prior_sigma(cluster))
+        return _float32(self.prior_mean(cluster)), _positive(self.prior_sigma(cluster))
 
     def posterior(self, features: tf.Tensor, cluster: tf.Tensor, seed: tf.Tensor,
                   training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         hidden = (self.posterior_from_features(_dropout(features, seed, training))
                   + self.posterior_from_cluster(cluster))
-        return self.posterior_mean(hidden), _positive(self.posterior_sigma(hidden))
+        return _float32(self.posterior_mean(hidden)), _positive(self.posterior_sigma(hidden))
 
 
 def relaxed_one_hot(logits: tf.Tensor, temperature: float, seed: tf.Tensor) -> tf.Tensor:
