@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import tempfile
 import uuid
 from typing import IO, Iterable, Iterator
-
-_LOGGER = logging.getLogger(__name__)
 
 GCS_SCHEME = "gs://"
 

@@ -59,7 +59,8 @@ def test_training_inputs_in_unit_range(tiny_scenes):
     manifest = schema.read_manifest(tiny_scenes)
     batch = next(iter(data.training_dataset(tiny_scenes, manifest, config))).numpy()
     assert batch.shape == (8, *IMAGE_SHAPE)
-    assert batch.min() >= 0.0 and batch.max() <= 1.0
+    assert batch.min() >= 0.0
+    assert batch.max() <= 1.0
     assert batch.max() > 0.5
 
 
@@ -103,7 +104,8 @@ def test_train_count_and_draw(tiny_scenes, tmp_path, preset):
         assert scores["accuracy"] == pytest.approx(np.mean(predicted == true))
         assert scores["mean_absolute_error"] == pytest.approx(np.mean(np.abs(predicted - true)))
         assert scores["baseline_accuracy"] == pytest.approx(np.mean(true == 1))
-        assert predicted.min() >= 0 and predicted.max() <= 16
+        assert predicted.min() >= 0
+        assert predicted.max() <= 16
     table = spair_evaluation.counting_table(results)
     assert "unseen-background test" in table
 
