@@ -31,9 +31,12 @@ def split_files(data_dir: str, manifest: schema.Manifest, split: str) -> list[st
     return [schema.join_path(data_dir, name) for name in info.files]
 
 
-def read_records(data_dir: str, manifest: schema.Manifest, split: str) -> tf.data.Dataset:
+def read_records(data_dir: str, manifest: schema.Manifest, split: str, stride: int = 1) -> tf.data.Dataset:
     """Return a dataset of parsed records: `image` uint8 `[height, width, channels]`, `label`,
-    `index` and one `factor/NAME` per manifest factor, in shard order."""
+    `index` and one `factor/NAME` per manifest factor, in shard order.
+
+    With `stride` > 1 only every stride-th record is parsed, an evenly spread subset of the split.
+    """
     files = split_files(data_dir, manifest, split)
     spec = schema.feature_spec(sorted(manifest.factors))
     shape = manifest.image_shape
@@ -46,6 +49,8 @@ def read_records(data_dir: str, manifest: schema.Manifest, split: str) -> tf.dat
 
     records = tf.data.TFRecordDataset(files, compression_type=manifest.compression or None,
                                       num_parallel_reads=min(len(files), 4))
+    if stride > 1:
+        records = records.shard(stride, 0)
     return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -109,7 +114,7 @@ def training_dataset(data_dir: str, manifest: schema.Manifest, config: Experimen
 
 
 def evaluation_batches(data_dir: str, manifest: schema.Manifest, config: ExperimentConfig, split: str,
-                       batch_size: int = 256, seed: int = 0) -> tf.data.Dataset:
+                       batch_size: int = 256, seed: int = 0, stride: int = 1) -> tf.data.Dataset:
     """Return batches of whole records with `inputs` added (model input with a fixed-seed view)."""
     base_seed = tf.constant([seed, 1], tf.int64)
 
@@ -119,5 +124,5 @@ def evaluation_batches(data_dir: str, manifest: schema.Manifest, config: Experim
         records["inputs"] = with_view(to_model_range(records[schema.IMAGE_KEY], config), config, batch_seed)
         return records
 
-    records = read_records(data_dir, manifest, split).batch(batch_size)
+    records = read_records(data_dir, manifest, split, stride=stride).batch(batch_size)
     return records.enumerate().map(add_inputs).prefetch(tf.data.AUTOTUNE)

@@ -22,9 +22,6 @@ from trainer import data, loop, metrics, tables
 _LOGGER = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
-# k-means is fit on at most this many training images: enough for stable centroids, and
-# bounded memory on SVHN's 604,388 training images.
-KMEANS_MAX_TRAIN_EXAMPLES = 20_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +36,23 @@ class EvaluationReport:
 def encode_split(model, config, data_dir: str, manifest: schema.Manifest, split: str,
                  max_examples: int | None = None, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Encode a split; return numpy arrays `labels`, `z_g`, `pixels` (flattened [0, 1] images),
-    `cluster` for mixture models, and one entry per recorded factor (`factor/NAME`)."""
+    `cluster` for mixture models, and one entry per recorded factor (`factor/NAME`).
+
+    With `max_examples`, the examples are spread evenly over the whole split (every k-th record),
+    so that a capped SVHN train split still holds `extra` images, which come after `train`'s.
+    """
     collected: dict[str, list[np.ndarray]] = {}
     seen = 0
-    for batch in data.evaluation_batches(data_dir, manifest, config, split, batch_size=batch_size):
+    num_records = manifest.splits[split].num_records if split in manifest.splits else 0
+    stride = max(1, -(-num_records // max_examples)) if max_examples else 1
+    for batch in data.evaluation_batches(data_dir, manifest, config, split, batch_size=batch_size,
+                                         stride=stride):
         codes = model.encode(batch["inputs"])
         values = {
             "labels": batch[schema.LABEL_KEY].numpy(),
             "z_g": codes["z_g"].numpy(),
-            "pixels": batch[schema.IMAGE_KEY].numpy().reshape(len(batch[schema.LABEL_KEY]), -1) / 255.0,
+            "pixels": batch[schema.IMAGE_KEY].numpy().reshape(len(batch[schema.LABEL_KEY]), -1).astype(np.float32)
+            / np.float32(255.0),
         }
         if "cluster" in codes:
             values["cluster"] = codes["cluster"].numpy()
@@ -97,7 +102,7 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, split: str = "test",
         results["chance"] = metrics.random_assignment_scores(labels, num_clusters, num_classes, seed=seed)
 
         results["num_clusters"] = num_clusters
-        train = encode_split(model, config, data_dir, manifest, "train", max_examples=KMEANS_MAX_TRAIN_EXAMPLES)
+        train = encode_split(model, config, data_dir, manifest, "train", max_examples=metrics.KMEANS_MAX_FIT_EXAMPLES)
         for feature in ("pixels", "z_g"):
             results[f"kmeans_{feature}"] = metrics.kmeans_scores(
                 train[feature], test[feature], labels, num_clusters, num_classes, seed=seed)

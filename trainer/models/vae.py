@@ -176,10 +176,15 @@ class SplitVAE(keras.Model):
     def build(self, input_shape) -> None:
         # One forward pass on zeros builds every sublayer with its real input shape.
         self.compute_losses(tf.zeros((1, *input_shape[1:])), tf.constant([0, 0], tf.int32), training=False)
+        # The mixture encoder is used through its methods, never called, so Keras cannot mark it.
+        self.global_encoder.built = True
         self.built = True
 
     def call(self, inputs: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        return self.compute_losses(inputs, tf.constant([0, 0], tf.int32), step=0, training=training)
+        # A fixed seed would freeze every noise draw, so training must pass its own seed.
+        if training:
+            raise ValueError("SplitVAE is trained through compute_losses(inputs, seed, ...), not call()")
+        return self.compute_losses(inputs, tf.constant([0, 0], tf.int32), step=0, training=False)
 
     def _split(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         channels = self.image_shape[-1]
