@@ -7,8 +7,8 @@ from one case to the next:
 
 - `plain`: the baseline, a straightforward port. It runs the per-cell part of the model (where,
   glimpse, what, depth, presence, object decoder, placement) in a Python loop over the grid
-  cells, and the count prior as the sequential per-cell recurrence, so the traced graph contains
-  one copy of each per cell. No XLA.
+  cells, and the count prior as the sequential per-cell recurrence. The traced graph therefore
+  contains one copy of each per cell. No XLA.
 - `ours`: `trainer.models.spair.Spair` as the trainer builds it: every cell at once and the
   count prior in closed form. No XLA.
 - `ours-xla` (with `--xla`): the same step compiled with XLA, for information.
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           result["images_per_second"])}
 
     print()
-    print("| model | case | first step (s) | images/s | throughput vs plain | first step vs plain |")
+    print("| model | case | first step (s) | images/s | images/s, case / plain | first step, plain / case |")
     print("|---|---|---|---|---|---|")
     for model_name in args.models:
         plain = best[(model_name, "plain")]
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             result = best[(model_name, case)]
             print(f"| {model_name} | {case} | {result['first_step_seconds']:.2f} | {result['images_per_second']:.1f} |"
                   f" {result['images_per_second'] / plain['images_per_second']:.2f}x |"
-                  f" {plain['first_step_seconds'] / result['first_step_seconds']:.2f}x faster |")
+                  f" {plain['first_step_seconds'] / result['first_step_seconds']:.2f}x |")
     return 0
 
 

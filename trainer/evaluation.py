@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from preprocessing import schema
 from trainer import data, loop, metrics, tables
+from trainer.config import SPAIR_MODELS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, split: str = "test",
     manifest = schema.read_manifest(data_dir)
     step = _checkpoint_step(run_dir)
 
+    if config.model.model in SPAIR_MODELS:
+        return _evaluate_counting(run_dir, model, config, data_dir, manifest, step)
+
     test = encode_split(model, config, data_dir, manifest, split)
     results: dict = {
         "preset": config.preset,
@@ -126,6 +130,23 @@ def _checkpoint_step(run_dir: str) -> int | None:
         return None
 
 
+def _evaluate_counting(run_dir: str, model, config, data_dir: str, manifest: schema.Manifest,
+                       step: int | None) -> EvaluationReport:
+    """Score a SPAIR-family run by its object counts on the test and unseen-background splits."""
+    from trainer import spair_evaluation  # Only SPAIR runs need the object-detection helpers.
+
+    results = {
+        "preset": config.preset,
+        "model": config.model.model,
+        "dataset": manifest.name,
+        "step": step,
+        "counting": spair_evaluation.counting_metrics(model, config, data_dir, manifest),
+    }
+    path = schema.join_path(run_dir, METRICS_NAME)
+    loop.write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return EvaluationReport(results, path, metrics_table(results))
+
+
 def metrics_table(results: dict) -> str:
     """Format `metrics.json` contents as Markdown: the model's clusters beside the baselines."""
     num_clusters = results.get("num_clusters")
@@ -135,6 +156,10 @@ def metrics_table(results: dict) -> str:
         ("kmeans_pixels", f"k-means on pixels (K={num_clusters})"),
         ("kmeans_z_g", f"k-means on z_g mean (K={num_clusters})"),
     ]
+    if "counting" in results:
+        from trainer import spair_evaluation
+
+        return spair_evaluation.counting_table(results["counting"])
     rows = [{"method": title, **results[key]} for key, title in titles if key in results]
     if not rows:
         return "(no class labels: nothing to score)"

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from preprocessing import schema
 from trainer import data, disentanglement, evaluation, loop, plotting
+from trainer.config import SPAIR_MODELS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,6 +115,13 @@ def draw_figures(run_dir: str, data_dir: str | None = None, split: str = "test")
         "fig6_clusters_fixed_local": "Fig. 6: z_g ~ p(z | y) per cluster y (rows), one z_l for all",
         "fig6_clusters_sampled_local": "Fig. 6: z_g ~ p(z | y) per cluster y (rows), z_l ~ N(0, I)",
     }
+    if config.model.model in SPAIR_MODELS:
+        from trainer import spair_evaluation  # Only SPAIR runs need the object-detection helpers.
+
+        for index, (caption, figure) in enumerate(spair_evaluation.spair_figures(model, config, data_dir, manifest)):
+            save(f"fig8_9_objects_{index}", figure, caption)
+        return _write_report(run_dir, figures_dir, config, written)
+
     for name, grid in prior_samples(model).items():
         save(name, plotting.image_grid(grid, title=captions[name]), captions[name])
 
@@ -132,11 +140,7 @@ def draw_figures(run_dir: str, data_dir: str | None = None, split: str = "test")
         caption = f"Fig. 7: {split} images grouped by assigned cluster"
         save("fig7_test_clusters", _grouped_by_cluster(model, config, data_dir, manifest, split, caption), caption)
 
-    tables = _metric_tables(run_dir) + disentanglement.report_tables(run_dir)
-    report = plotting.write_report(schema.join_path(figures_dir, REPORT_NAME),
-                                   title=f"{config.preset}: {config.description}",
-                                   config=config.to_dict(), tables=tables, figures=written)
-    return [path for _, path in written] + [report]
+    return _write_report(run_dir, figures_dir, config, written)
 
 
 def _grouped_by_cluster(model, config, data_dir, manifest, split, caption):
@@ -157,3 +161,11 @@ def _metric_tables(run_dir: str) -> list[tuple[str, str]]:
     with tf.io.gfile.GFile(path) as handle:
         results = json.loads(handle.read())
     return [("Metrics (metrics.json)", evaluation.metrics_table(results))]
+
+
+def _write_report(run_dir: str, figures_dir: str, config, written: list[tuple[str, str]]) -> list[str]:
+    tables = _metric_tables(run_dir) + disentanglement.report_tables(run_dir)
+    report = plotting.write_report(schema.join_path(figures_dir, REPORT_NAME),
+                                   title=f"{config.preset}: {config.description}",
+                                   config=config.to_dict(), tables=tables, figures=written)
+    return [path for _, path in written] + [report]

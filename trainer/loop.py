@@ -71,7 +71,7 @@ class TrainResult:
 
 
 class TrainingPreempted(Exception):
-    """Training stopped after SIGTERM, at a step whose checkpoint was saved; rerunning resumes."""
+    """Training stopped by SIGTERM after saving a checkpoint of its last step. Rerunning resumes there."""
 
     def __init__(self, step: int, checkpoint_path: str | None):
         self.step = step
@@ -209,14 +209,24 @@ def build_training_state(config: ExperimentConfig, image_shape, strategy: tf.dis
     The layers take `--mixed_precision`'s dtype policy; variables are float32 under every policy,
     so a checkpoint restores into a model of either precision.
     """
+    clipnorm = 0.0 if _clips_in_train_step(config, strategy) else config.train.clipnorm
     with strategy.scope():
         with _dtype_policy(config.train.mixed_precision):
             model = build_model(config.model, image_shape)
-        optimizer = keras.optimizers.Adam(learning_rate(config), clipnorm=config.train.clipnorm or None)
+        optimizer = keras.optimizers.Adam(learning_rate(config), clipnorm=clipnorm or None)
         # Keras 3 optimizers must create their slots before the first distributed step.
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     return model, optimizer, checkpoint
+
+
+def _clips_in_train_step(config: ExperimentConfig, strategy: tf.distribute.Strategy) -> bool:
+    """Return whether the train step, not Adam, clips the gradients (`--clipnorm` on several replicas).
+
+    Keras 3.15 clips each replica's gradient before it sums them (`BaseOptimizer.apply`), which
+    differs from clipping the global gradient that one device computes.
+    """
+    return config.train.clipnorm > 0 and strategy.num_replicas_in_sync > 1
 
 
 def _format_duration(seconds: float) -> str:
@@ -497,6 +507,7 @@ def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     all-reduce and Adam's update run outside it because cross-replica calls cannot be compiled.
     """
     global_batch_size = config.train.batch_size
+    clip_in_step = _clips_in_train_step(config, strategy)
 
     @tf.function(jit_compile=config.train.jit_compile)
     def compute_gradients(inputs, seed, step):
@@ -513,6 +524,8 @@ def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     def replica_step(inputs):
         step = tf.convert_to_tensor(optimizer.iterations)
         terms, gradients = compute_gradients(inputs, replica_seed(config.train.seed, step), step)
+        if clip_in_step:
+            gradients = _clip_global_gradients(gradients, config.train.clipnorm, strategy.num_replicas_in_sync)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         term_names[:] = list(terms)
         return tf.stack([tf.nn.compute_average_loss(value, global_batch_size=global_batch_size)
@@ -525,6 +538,22 @@ def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         return dict(zip(term_names, tf.unstack(totals, num=len(term_names))))
 
     return train_step
+
+
+def _clip_global_gradients(gradients: list, clipnorm: float, num_replicas: int) -> list:
+    """Clip each variable's summed gradient to norm `clipnorm`; return this replica's share of it.
+
+    Call in a replica context. Adam sums the replicas' gradients again, so each replica passes
+    on 1/`num_replicas` of the clipped sum.
+    NOTE: this costs a second all-reduce of the gradients, paid only when clipping on several replicas.
+    """
+    present = [index for index, gradient in enumerate(gradients) if gradient is not None]
+    summed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, [gradients[index] for index in present])
+    clipped = list(gradients)
+    for index, gradient in zip(present, summed):
+        clipped[index] = tf.clip_by_norm(gradient, clipnorm) / num_replicas
+    return clipped
 
 
 def gather_predictions(strategy: tf.distribute.Strategy, predict: Callable[[dict], dict],

@@ -154,7 +154,7 @@ def spair_figures(model, config: ExperimentConfig, data_dir: str, manifest: sche
         caption = f"Fig. 8/9 ({title}): inputs, reconstructions with predicted boxes, background"
         if model.has_local_path:
             caption += ", x_hat and its reconstruction"
-        figures.append((caption, plotting.image_grid(grid, row_labels=labels, title=caption)))
+        figures.append((caption, plotting.image_grid(grid, row_labels=labels, title=f"Fig. 8/9, {title}")))
 
         caption = f"Fig. 8/9 ({title}): glimpses of the objects found, one row per image"
         # The figure is as narrow as its longest row, so its title stays short.

@@ -62,8 +62,11 @@ def test_spair_preset_training_settings(name):
     config = presets.get_preset(name)
     config.validate()
     config.model.validate_image_shape((48, 48, 3))
-    assert (config.model.beta, config.model.tau, config.model.object_size) == (0.5, 0.8, 32)
-    assert (config.train.batch_size, config.train.learning_rate, config.train.clipnorm) == (32, 1e-4, 1.0)
+    assert (config.model.beta, config.model.tau) == (0.5, 0.8)
+    assert (config.train.batch_size, config.train.clipnorm) == (32, 1.0)
+    if name.startswith("multibird"):
+        assert config.model.object_size == 32
+        assert config.train.learning_rate == 1e-4
     assert config.dataset == name.rsplit("-", 2)[0]
 
 
@@ -93,7 +96,11 @@ def test_multidigit_presets_mirror_multibird_easy(variant):
     assert small.dataset == "multidigit-easy"
     assert small.train.training_steps < full.train.training_steps
     assert small.model.z_pres_anneal_step <= small.train.training_steps
-    assert dataclasses.replace(small.model, z_pres_anneal_step=full.model.z_pres_anneal_step) == full.model
+    assert small.train.learning_rate == 1e-3
+    # Only the documented short-run fields differ from the Multi-Bird Easy preset.
+    short_run_fields = {"z_pres_anneal_step", "object_size", "prior_z_zoom"}
+    restored = dataclasses.replace(small.model, **{name: getattr(full.model, name) for name in short_run_fields})
+    assert restored == full.model
 
 
 def test_config_round_trip_keeps_booleans():

@@ -1,13 +1,14 @@
 """Tests of the SPAIR input range, a short training run through the loop, counting and figures."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from preprocessing import schema
-from trainer import data, loop, presets, spair_evaluation
+from trainer import cli, data, loop, presets, spair_evaluation
 from trainer.config import override
 
 IMAGE_SHAPE = (48, 48, 3)
@@ -114,6 +115,26 @@ def test_train_count_and_draw(tiny_scenes, tmp_path, preset):
     captions = [caption for caption, _ in figures]
     assert sum("unseen" in caption for caption in captions) == 2
     assert ("x_hat" in captions[0]) == (run_config.model.model == "lg_spair")
+
+
+def test_commands_count_and_draw(tiny_scenes, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    config = _small_config("multidigit-easy-bg-spair", training_steps=2, batch_size=8, checkpoint_every=2,
+                           log_every=2)
+    loop.train(config, tiny_scenes, str(run_dir))
+
+    assert cli.evaluate_main(["--run_dir", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert set(results["counting"]) >= {"baseline_count", "test", "unseen"}
+    assert "unseen-background test" in printed
+
+    assert cli.figures_main(["--run_dir", str(run_dir)]) == 0
+    pngs = sorted(path.name for path in (run_dir / "figures").glob("*.png"))
+    assert len(pngs) == 4
+    report = (run_dir / "figures" / "report.html").read_text()
+    assert report.count("<img") == 4
+    assert "<table" in report
 
 
 def test_counting_rejects_class_labels(tiny_scenes, tmp_path):

@@ -24,15 +24,21 @@ def _conv(filters: int, kernel: int, stride: int, activation: str | None) -> ker
     return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", activation=activation)
 
 
-def _positive(pre_activation: tf.Tensor) -> tf.Tensor:
-    # The floor keeps log(sigma) finite in the KL terms, which the original lacked.
-    return tf.nn.softplus(_float32(pre_activation)) + losses.SIGMA_FLOOR
+def _bilinear_resize(height: int, width: int) -> keras.layers.Resizing:
+    # float32 under every policy: TensorFlow's CPU resize kernel is slower in bfloat16, which cost
+    # the mixed_bfloat16 lgvae step about 10% (benchmarks/train_speed.py, 2-core AVX-512 CPU).
+    return keras.layers.Resizing(height, width, interpolation="bilinear", dtype="float32")
 
 
 def _float32(values: tf.Tensor) -> tf.Tensor:
     # Under the mixed_bfloat16 policy layers compute in bfloat16. Distribution parameters are
     # cast back so that sampling, the KL terms and the likelihood run in float32.
     return tf.cast(values, tf.float32)
+
+
+def _positive(pre_activation: tf.Tensor) -> tf.Tensor:
+    # The floor keeps log(sigma) finite in the KL terms, which the original lacked.
+    return tf.nn.softplus(_float32(pre_activation)) + losses.SIGMA_FLOOR
 
 
 def _gaussian_sample(mean: tf.Tensor, sigma: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -77,9 +83,9 @@ class Decoder(keras.layers.Layer):
         self.dense = keras.layers.Dense((height // 8) * (width // 8) * 128, activation="relu")
         self.reshape = keras.layers.Reshape((height // 8, width // 8, 128))
         self.stages = [
-            (_conv(128, 4, 1, "relu"), keras.layers.Resizing(height // 4, width // 4, interpolation="bilinear")),
-            (_conv(64, 4, 1, "relu"), keras.layers.Resizing(height // 2, width // 2, interpolation="bilinear")),
-            (_conv(32, 6, 1, "relu"), keras.layers.Resizing(height, width, interpolation="bilinear")),
+            (_conv(128, 4, 1, "relu"), _bilinear_resize(height // 4, width // 4)),
+            (_conv(64, 4, 1, "relu"), _bilinear_resize(height // 2, width // 2)),
+            (_conv(32, 6, 1, "relu"), _bilinear_resize(height, width)),
         ]
         self.output_convolution = _conv(2 * channels, 6, 1, None)
 
