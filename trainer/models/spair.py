@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from trainer import augment, losses, spair_losses, spatial
 from trainer.config import SPAIR_CELL_PIXELS, ModelConfig
+from trainer.models import layers
 
 BACKBONE_FEATURES = 100
 WHERE_DIMS = 4
@@ -38,26 +39,11 @@ RENDER_EPSILON = 1e-8
 OBJECT_COLOUR_NOISE = 0.01
 
 
-def _conv(filters: int, kernel: int, stride: int, activation: str | None) -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", activation=activation)
-
-
-def _positive(pre_activation: tf.Tensor) -> tf.Tensor:
-    # The floor keeps log(sigma) finite in the KL terms.
-    return tf.nn.softplus(_float32(pre_activation)) + losses.SIGMA_FLOOR
-
-
 # The model's Python has no control flow that depends on tensor values, so autograph's rewrite of
 # it inside a tf.function only costs time. It took 6 of the 8.6 s of tracing the forward and
 # backward pass of `bg_spair` (batch 32, a loaded 2-core CPU). The entry points skip it, and so
 # does everything they call.
 _without_autograph = tf.autograph.experimental.do_not_convert
-
-
-def _float32(values: tf.Tensor) -> tf.Tensor:
-    # Under the mixed_bfloat16 policy layers compute in bfloat16. Their outputs are cast back so
-    # that sampling, the spatial transformer, rendering and the losses run in float32.
-    return tf.cast(values, tf.float32)
 
 
 def _gaussian_sample(mean: tf.Tensor, sigma: tf.Tensor, seed: tf.Tensor, training: bool) -> tf.Tensor:
@@ -81,15 +67,15 @@ class Backbone(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.convolutions = [
-            _conv(128, 4, 2, "relu"), _conv(128, 4, 2, "relu"), _conv(128, 4, 3, "relu"),
-            _conv(128, 1, 1, "relu"), _conv(128, 1, 1, "relu"), _conv(BACKBONE_FEATURES, 1, 1, "relu"),
+            layers.conv(128, 4, 2, "relu"), layers.conv(128, 4, 2, "relu"), layers.conv(128, 4, 3, "relu"),
+            layers.conv(128, 1, 1, "relu"), layers.conv(128, 1, 1, "relu"), layers.conv(BACKBONE_FEATURES, 1, 1, "relu"),
         ]
 
     def call(self, images: tf.Tensor) -> tf.Tensor:
         features = images
         for convolution in self.convolutions:
             features = convolution(features)
-        return _float32(features)
+        return layers.float32(features)
 
 
 class WhereHead(keras.layers.Layer):
@@ -106,8 +92,8 @@ class WhereHead(keras.layers.Layer):
         for layer in self.hidden:
             hidden = layer(hidden)
         mean, pre_sigma, pass_through = tf.split(
-            _float32(self.output_layer(hidden)), [WHERE_DIMS, WHERE_DIMS, PASS_THROUGH_FEATURES], axis=-1)
-        return mean, _positive(pre_sigma - WHERE_SIGMA_SHIFT), tf.nn.relu(pass_through)
+            layers.float32(self.output_layer(hidden)), [WHERE_DIMS, WHERE_DIMS, PASS_THROUGH_FEATURES], axis=-1)
+        return mean, layers.positive(pre_sigma - WHERE_SIGMA_SHIFT), tf.nn.relu(pass_through)
 
 
 class ObjectEncoder(keras.layers.Layer):
@@ -115,7 +101,7 @@ class ObjectEncoder(keras.layers.Layer):
 
     def __init__(self, latent_size: int, **kwargs):
         super().__init__(**kwargs)
-        self.convolutions = [_conv(32, 3, 2, "relu"), _conv(64, 3, 2, "relu")]
+        self.convolutions = [layers.conv(32, 3, 2, "relu"), layers.conv(64, 3, 2, "relu")]
         self.flatten = keras.layers.Flatten()
         self.hidden = keras.layers.Dense(2 * latent_size, activation="relu")
         self.mean = keras.layers.Dense(latent_size)
@@ -127,7 +113,7 @@ class ObjectEncoder(keras.layers.Layer):
         for convolution in self.convolutions:
             features = convolution(features)
         hidden = self.hidden(self.flatten(features))
-        return _float32(self.mean(hidden)), _positive(self.sigma(hidden))
+        return layers.float32(self.mean(hidden)), layers.positive(self.sigma(hidden))
 
 
 class DepthHead(keras.layers.Layer):
@@ -141,8 +127,8 @@ class DepthHead(keras.layers.Layer):
     def call(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Map `[cells, features]` to mean `[cells, 1]`, sigma `[cells, 1]` and pass-through `[cells, 8]`."""
         mean, pre_sigma, pass_through = tf.split(
-            _float32(self.output_layer(self.hidden(inputs))), [1, 1, PASS_THROUGH_FEATURES], axis=-1)
-        return mean, _positive(pre_sigma), tf.nn.relu(pass_through)
+            layers.float32(self.output_layer(self.hidden(inputs))), [1, 1, PASS_THROUGH_FEATURES], axis=-1)
+        return mean, layers.positive(pre_sigma), tf.nn.relu(pass_through)
 
 
 class PresenceHead(keras.layers.Layer):
@@ -155,7 +141,7 @@ class PresenceHead(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         """Map `[cells, features]` to logits `[cells]`."""
-        logit = _float32(self.logit(self.hidden(inputs)))[:, 0]
+        logit = layers.float32(self.logit(self.hidden(inputs)))[:, 0]
         return tf.clip_by_value(logit, -PRESENCE_LOGIT_LIMIT, PRESENCE_LOGIT_LIMIT)
 
 
@@ -172,35 +158,16 @@ class ObjectDecoder(keras.layers.Layer):
         self.dense = keras.layers.Dense(quarter * quarter * 32, activation="relu")
         self.reshape = keras.layers.Reshape((quarter, quarter, 32))
         self.stages = [
-            (_conv(64, 3, 1, "relu"), keras.layers.Resizing(2 * quarter, 2 * quarter, interpolation="bilinear")),
-            (_conv(32, 3, 1, "relu"), keras.layers.Resizing(object_size, object_size, interpolation="bilinear")),
+            (layers.conv(64, 3, 1, "relu"), keras.layers.Resizing(2 * quarter, 2 * quarter, interpolation="bilinear")),
+            (layers.conv(32, 3, 1, "relu"), keras.layers.Resizing(object_size, object_size, interpolation="bilinear")),
         ]
-        self.output_convolution = _conv(channels + 1, 3, 1, "sigmoid")
+        self.output_convolution = layers.conv(channels + 1, 3, 1, "sigmoid")
 
     def call(self, codes: tf.Tensor) -> tf.Tensor:
         features = self.reshape(self.dense(self.hidden(codes)))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        return _float32(self.output_convolution(features))
-
-
-class ConvImageEncoder(keras.layers.Layer):
-    """Conv(32,3,2), Conv(64,3,2), Conv(128,3,2) (relu), flatten, then a Gaussian head of `latent_size`."""
-
-    def __init__(self, latent_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.convolutions = [_conv(32, 3, 2, "relu"), _conv(64, 3, 2, "relu"), _conv(128, 3, 2, "relu")]
-        self.flatten = keras.layers.Flatten()
-        self.mean = keras.layers.Dense(latent_size)
-        self.sigma = keras.layers.Dense(latent_size)
-
-    def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Map `[batch, height, width, channels]` to mean and sigma, each `[batch, latent_size]`."""
-        features = images
-        for convolution in self.convolutions:
-            features = convolution(features)
-        features = self.flatten(features)
-        return _float32(self.mean(features)), _positive(self.sigma(features))
+        return layers.float32(self.output_convolution(features))
 
 
 class DenseImageEncoder(keras.layers.Layer):
@@ -217,7 +184,7 @@ class DenseImageEncoder(keras.layers.Layer):
         features = self.flatten(images)
         for layer in self.hidden:
             features = layer(features)
-        return _float32(self.mean(features)), _positive(self.sigma(features))
+        return layers.float32(self.mean(features)), layers.positive(self.sigma(features))
 
 
 class ConvImageDecoder(keras.layers.Layer):
@@ -232,17 +199,17 @@ class ConvImageDecoder(keras.layers.Layer):
         self.dense = keras.layers.Dense((height // 8) * (width // 8) * 128, activation="relu")
         self.reshape = keras.layers.Reshape((height // 8, width // 8, 128))
         self.stages = [
-            (_conv(128, 3, 1, "relu"), keras.layers.Resizing(height // 4, width // 4, interpolation="bilinear")),
-            (_conv(64, 3, 1, "relu"), keras.layers.Resizing(height // 2, width // 2, interpolation="bilinear")),
-            (_conv(32, 3, 1, "sigmoid"), keras.layers.Resizing(height, width, interpolation="bilinear")),
+            (layers.conv(128, 3, 1, "relu"), keras.layers.Resizing(height // 4, width // 4, interpolation="bilinear")),
+            (layers.conv(64, 3, 1, "relu"), keras.layers.Resizing(height // 2, width // 2, interpolation="bilinear")),
+            (layers.conv(32, 3, 1, "sigmoid"), keras.layers.Resizing(height, width, interpolation="bilinear")),
         ]
-        self.output_convolution = _conv(channels, 3, 1, "sigmoid")
+        self.output_convolution = layers.conv(channels, 3, 1, "sigmoid")
 
     def call(self, codes: tf.Tensor) -> tf.Tensor:
         features = self.reshape(self.dense(codes))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        return _float32(self.output_convolution(features))
+        return layers.float32(self.output_convolution(features))
 
 
 class DenseImageDecoder(keras.layers.Layer):
@@ -258,7 +225,7 @@ class DenseImageDecoder(keras.layers.Layer):
         features = codes
         for layer in self.hidden:
             features = layer(features)
-        return _float32(self.reshape(self.output_layer(features)))
+        return layers.float32(self.reshape(self.output_layer(features)))
 
 
 def _image_autoencoder(dense: bool, latent_size: int, image_shape: tuple[int, int, int],
@@ -267,7 +234,7 @@ def _image_autoencoder(dense: bool, latent_size: int, image_shape: tuple[int, in
     if dense:
         return (DenseImageEncoder(latent_size, name=f"{prefix}_encoder"),
                 DenseImageDecoder(height, width, channels, name=f"{prefix}_decoder"))
-    return (ConvImageEncoder(latent_size, name=f"{prefix}_encoder"),
+    return (layers.ConvGaussianEncoder(latent_size, (3, 3, 3), name=f"{prefix}_encoder"),
             ConvImageDecoder(height, width, channels, name=f"{prefix}_decoder"))
 
 

@@ -16,29 +16,16 @@ import tensorflow as tf
 
 from trainer import augment, losses
 from trainer.config import GMVAE_MODELS, LOCAL_PATH_MODELS, ModelConfig
+from trainer.models import layers
 
 DROPOUT_RATE = 0.2
-
-
-def _conv(filters: int, kernel: int, stride: int, activation: str | None) -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", activation=activation)
+VAE_ENCODER_KERNELS = (6, 6, 4)
 
 
 def _bilinear_resize(height: int, width: int) -> keras.layers.Resizing:
     # float32 under every policy: TensorFlow's CPU resize kernel is slower in bfloat16, which cost
     # the mixed_bfloat16 lgvae step about 10% (benchmarks/train_speed.py, 2-core AVX-512 CPU).
     return keras.layers.Resizing(height, width, interpolation="bilinear", dtype="float32")
-
-
-def _float32(values: tf.Tensor) -> tf.Tensor:
-    # Under the mixed_bfloat16 policy layers compute in bfloat16. Distribution parameters are
-    # cast back so that sampling, the KL terms and the likelihood run in float32.
-    return tf.cast(values, tf.float32)
-
-
-def _positive(pre_activation: tf.Tensor) -> tf.Tensor:
-    # The floor keeps log(sigma) finite in the KL terms, which the original lacked.
-    return tf.nn.softplus(_float32(pre_activation)) + losses.SIGMA_FLOOR
 
 
 def _gaussian_sample(mean: tf.Tensor, sigma: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -49,25 +36,6 @@ def _dropout(values: tf.Tensor, seed: tf.Tensor, training: bool) -> tf.Tensor:
     if not training:
         return values
     return tf.nn.experimental.stateless_dropout(values, rate=DROPOUT_RATE, seed=seed)
-
-
-class GaussianEncoder(keras.layers.Layer):
-    """Conv(32,6,2), Conv(64,6,2), Conv(128,4,2), all relu, then a Gaussian head of `latent_dims`."""
-
-    def __init__(self, latent_dims: int, **kwargs):
-        super().__init__(**kwargs)
-        self.convolutions = [_conv(32, 6, 2, "relu"), _conv(64, 6, 2, "relu"), _conv(128, 4, 2, "relu")]
-        self.flatten = keras.layers.Flatten()
-        self.mean = keras.layers.Dense(latent_dims)
-        self.sigma = keras.layers.Dense(latent_dims)
-
-    def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Map `[batch, height, width, channels]` to (mean, sigma), each `[batch, latent_dims]`."""
-        features = images
-        for convolution in self.convolutions:
-            features = convolution(features)
-        features = self.flatten(features)
-        return _float32(self.mean(features)), _positive(self.sigma(features))
 
 
 class Decoder(keras.layers.Layer):
@@ -83,17 +51,17 @@ class Decoder(keras.layers.Layer):
         self.dense = keras.layers.Dense((height // 8) * (width // 8) * 128, activation="relu")
         self.reshape = keras.layers.Reshape((height // 8, width // 8, 128))
         self.stages = [
-            (_conv(128, 4, 1, "relu"), _bilinear_resize(height // 4, width // 4)),
-            (_conv(64, 4, 1, "relu"), _bilinear_resize(height // 2, width // 2)),
-            (_conv(32, 6, 1, "relu"), _bilinear_resize(height, width)),
+            (layers.conv(128, 4, 1, "relu"), _bilinear_resize(height // 4, width // 4)),
+            (layers.conv(64, 4, 1, "relu"), _bilinear_resize(height // 2, width // 2)),
+            (layers.conv(32, 6, 1, "relu"), _bilinear_resize(height, width)),
         ]
-        self.output_convolution = _conv(2 * channels, 6, 1, None)
+        self.output_convolution = layers.conv(2 * channels, 6, 1, None)
 
     def call(self, latent: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         features = self.reshape(self.dense(latent))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        parameters = _float32(self.output_convolution(features))
+        parameters = layers.float32(self.output_convolution(features))
         return parameters[..., :self.channels], parameters[..., self.channels:]
 
 
@@ -102,7 +70,7 @@ class MixtureEncoder(keras.layers.Layer):
 
     def __init__(self, latent_dims: int, num_clusters: int, **kwargs):
         super().__init__(**kwargs)
-        self.convolutions = [_conv(128, 6, 2, "elu"), _conv(128, 6, 2, "elu"), _conv(128, 4, 2, "elu")]
+        self.convolutions = [layers.conv(128, 6, 2, "elu"), layers.conv(128, 6, 2, "elu"), layers.conv(128, 4, 2, "elu")]
         self.flatten = keras.layers.Flatten()
         self.cluster_hidden = keras.layers.Dense(1024, activation="elu")
         self.cluster_bottleneck = keras.layers.Dense(128, activation="elu")
@@ -123,17 +91,17 @@ class MixtureEncoder(keras.layers.Layer):
 
     def logits(self, features: tf.Tensor, seed: tf.Tensor, training: bool) -> tf.Tensor:
         hidden = _dropout(self.cluster_hidden(features), seed, training)
-        return _float32(self.cluster_logits(self.cluster_bottleneck(hidden)))
+        return layers.float32(self.cluster_logits(self.cluster_bottleneck(hidden)))
 
     def prior(self, cluster: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Return the mean and sigma of p(z | y) for (relaxed) one-hot `y` `[batch, K]`."""
-        return _float32(self.prior_mean(cluster)), _positive(self.prior_sigma(cluster))
+        return layers.float32(self.prior_mean(cluster)), layers.positive(self.prior_sigma(cluster))
 
     def posterior(self, features: tf.Tensor, cluster: tf.Tensor, seed: tf.Tensor,
                   training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         hidden = (self.posterior_from_features(_dropout(features, seed, training))
                   + self.posterior_from_cluster(cluster))
-        return _float32(self.posterior_mean(hidden)), _positive(self.posterior_sigma(hidden))
+        return layers.float32(self.posterior_mean(hidden)), layers.positive(self.posterior_sigma(hidden))
 
 
 def relaxed_one_hot(logits: tf.Tensor, temperature: float, seed: tf.Tensor) -> tf.Tensor:
@@ -165,9 +133,11 @@ class SplitVAE(keras.Model):
         if self.is_mixture:
             self.global_encoder = MixtureEncoder(config.global_latent_dims, config.y_size, name="global_encoder")
         else:
-            self.global_encoder = GaussianEncoder(config.global_latent_dims, name="global_encoder")
+            self.global_encoder = layers.ConvGaussianEncoder(config.global_latent_dims, VAE_ENCODER_KERNELS,
+                                                             name="global_encoder")
         if self.has_local_path:
-            self.local_encoder = GaussianEncoder(config.local_latent_dims, name="local_encoder")
+            self.local_encoder = layers.ConvGaussianEncoder(config.local_latent_dims, VAE_ENCODER_KERNELS,
+                                                            name="local_encoder")
             self.local_decoder = Decoder(height, width, self.view_channels, name="local_decoder")
         self.decoder = Decoder(height, width, channels, name="decoder")
 
