@@ -49,7 +49,7 @@ class SplitInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """What a prepared dataset holds; the trainer validates it before it reads a shard."""
+    """The contents of a prepared dataset; the trainer validates it before it reads a shard."""
 
     name: str
     image_shape: tuple[int, int, int]
@@ -216,7 +216,7 @@ def serialize_example(image: np.ndarray, label: int, index: int,
 
 
 def feature_spec(factor_names: Sequence[str] = ()) -> dict[str, Any]:
-    """The `tf.io.parse_example` spec for records with the given factors."""
+    """Return the `tf.io.parse_example` spec for records with the given factors."""
     import tensorflow as tf
 
     spec = {

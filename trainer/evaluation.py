@@ -40,7 +40,7 @@ def encode_split(model, config, data_dir: str, manifest: schema.Manifest, split:
     `cluster` for mixture models, and one entry per recorded factor (`factor/NAME`).
 
     With `max_examples`, the examples are spread evenly over the whole split (every k-th record),
-    so that a capped SVHN train split still holds `extra` images, which come after `train`'s.
+    so that a capped SVHN train split still contains `extra` images, which come after `train`'s.
     """
     collected: dict[str, list[np.ndarray]] = {}
     seen = 0

@@ -61,7 +61,7 @@ EXPORT_WEIGHTS_NAME = "model.weights.h5"
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a finished (or resumed and finished) run reports."""
+    """The outcome of a finished (or resumed and finished) run."""
 
     run_dir: str
     final_step: int
@@ -171,7 +171,7 @@ def _prepare_run_dir(run_dir: str, config: ExperimentConfig, data_dir: str, mani
         previous = read_config(run_dir)
         if previous.model != config.model:
             raise ConfigError(
-                f"{config_path}: this run directory holds a {previous.model.model} run with other model"
+                f"{config_path}: this run directory contains a {previous.model.model} run with other model"
                 " settings; use a new --run_dir or the same settings")
     write_text(config_path, config.to_json())
     run_info = {

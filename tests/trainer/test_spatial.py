@@ -82,7 +82,8 @@ def test_alpha_is_zero_outside_box(box):
     rows = spatial.pixel_centres(height).numpy()[:, None]
     columns = spatial.pixel_centres(width).numpy()[None, :]
     inside = (np.abs(rows - shift_y) <= scale_y) & (np.abs(columns - shift_x) <= scale_x)
-    assert inside.any() and (~inside).any()
+    assert inside.any()
+    assert (~inside).any()
     assert np.all(placed[~inside] == 0.0)
     np.testing.assert_allclose(placed[inside], 1.0, rtol=1e-6)
 
