@@ -70,7 +70,9 @@ SOLID_KIND = 0
 FACTORS = {"background_kind": 1 + len(TEXTURE_NAMES), "background_hue": NUM_HUE_BINS,
            "foreground_hue": NUM_HUE_BINS}
 
-SPLITS = ("train", "test")
+# "validation" exists only with --validation_fraction; it comes last so that the other two
+# splits' index orders do not depend on whether it is written.
+SPLITS = ("train", "test", "validation")
 TEST_FRACTION = 0.2
 DEFAULT_RENDERS_PER_DIGIT = 10
 # With the first 50 source digits every class has at least 3 members and the test split
@@ -238,21 +240,30 @@ def render_rng(seed: int, source_index: int, render_index: int) -> np.random.Gen
 
 # --- The split and the work plan ----------------------------------------------------------------
 
-def split_sources(labels: np.ndarray, seed: int,
-                  test_fraction: float = TEST_FRACTION) -> dict[str, np.ndarray]:
-    """Split source digits into disjoint train and test sets, stratified by class.
+def split_sources(labels: np.ndarray, seed: int, test_fraction: float = TEST_FRACTION,
+                  validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Split source digits into disjoint train and test sets (and validation), stratified by class.
 
     Args:
       labels: int `[num_sources]`, the class of each source digit.
+      validation_fraction: the share of the training digits moved to a "validation" split, for
+        choosing settings without looking at the test split; 0 writes none. The test split is
+        the same with and without it.
     Returns:
-      `{"train": indices, "test": indices}`, sorted int arrays into `labels`. The test split
-      contains ceil(test_fraction * num_sources) digits (scikit-learn's rounding).
+      `{"train": indices, "test": indices[, "validation": indices]}`, sorted int arrays into
+      `labels`. The test split contains ceil(test_fraction * num_sources) digits (scikit-learn's
+      rounding).
     """
     from sklearn.model_selection import train_test_split
 
     train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction,
                                    stratify=labels, random_state=seed)
-    return {"train": np.sort(train), "test": np.sort(test)}
+    sources = {"train": np.sort(train), "test": np.sort(test)}
+    if validation_fraction > 0:
+        train, validation = train_test_split(sources["train"], test_size=validation_fraction,
+                                             stratify=labels[sources["train"]], random_state=seed)
+        sources["train"], sources["validation"] = np.sort(train), np.sort(validation)
+    return sources
 
 
 def plan_split(split: str, sources: np.ndarray, renders_per_digit: int, seed: int) -> list[WorkItem]:
@@ -266,10 +277,11 @@ def plan_split(split: str, sources: np.ndarray, renders_per_digit: int, seed: in
     return [(split, index, *pairs[position]) for index, position in enumerate(order)]
 
 
-def plan_work(labels: np.ndarray, renders_per_digit: int, seed: int) -> dict[str, list[WorkItem]]:
+def plan_work(labels: np.ndarray, renders_per_digit: int, seed: int,
+              validation_fraction: float = 0.0) -> dict[str, list[WorkItem]]:
     """Map each split to its work items, so that (seed, split, index) fixes the source and render."""
-    sources = split_sources(labels, seed)
-    return {split: plan_split(split, sources[split], renders_per_digit, seed) for split in SPLITS}
+    sources = split_sources(labels, seed, validation_fraction=validation_fraction)
+    return {split: plan_split(split, indices, renders_per_digit, seed) for split, indices in sources.items()}
 
 
 # --- Beam transforms ---------------------------------------------------------------------------
@@ -331,6 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--max_source_digits", type=int, default=None,
                         help=f"use only the first N of the 1,797 source digits (at least {MIN_SOURCE_DIGITS});"
                              " for quick tests")
+    parser.add_argument("--validation_fraction", type=float, default=0.0,
+                        help="share of the training digits written as a separate 'validation' split, for"
+                             " choosing settings without the test split (default 0: none)")
 
 
 def _validate(args: argparse.Namespace, num_sources: int) -> None:
@@ -341,6 +356,8 @@ def _validate(args: argparse.Namespace, num_sources: int) -> None:
     if limit is not None and not MIN_SOURCE_DIGITS <= limit <= num_sources:
         raise ValueError(f"--max_source_digits must be between {MIN_SOURCE_DIGITS} and {num_sources},"
                          f" got {limit}")
+    if not 0.0 <= args.validation_fraction < 0.5:
+        raise ValueError(f"--validation_fraction must be in [0, 0.5), got {args.validation_fraction}")
 
 
 def run(args: argparse.Namespace, beam_argv: list[str]) -> beam.runners.runner.PipelineResult:
@@ -353,7 +370,7 @@ def run(args: argparse.Namespace, beam_argv: list[str]) -> beam.runners.runner.P
     if args.max_source_digits is not None:
         images, labels = images[:args.max_source_digits], labels[:args.max_source_digits]
     compression = jobs.compression_type(args)
-    plan = plan_work(labels, args.renders_per_digit, args.seed)
+    plan = plan_work(labels, args.renders_per_digit, args.seed, args.validation_fraction)
 
     template = sink.ManifestTemplate(
         name=NAME,
@@ -368,6 +385,7 @@ def run(args: argparse.Namespace, beam_argv: list[str]) -> beam.runners.runner.P
             "renders_per_digit": args.renders_per_digit,
             "num_source_digits": len(labels),
             "test_fraction": TEST_FRACTION,
+            "validation_fraction": args.validation_fraction,
             "textures": list(TEXTURE_NAMES),
             "texture_downscale": TEXTURE_DOWNSCALE,
             "min_colour_distance": MIN_COLOUR_DISTANCE,

@@ -53,6 +53,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 choices = config_module.MODELS
             elif field.name == "augmentation":
                 choices = config_module.AUGMENTATIONS
+            elif field.name == "cluster_kl":
+                choices = config_module.CLUSTER_KL_MODES
             group.add_argument(f"--{field.name}", type=kind, default=None, choices=choices,
                                help=f"{field.name} ({field.type})")
 

@@ -33,6 +33,10 @@ CONV_DECODER_DIVISOR = 8
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # `TrainConfig.mixed_precision`: Keras dtype policies; variables and losses stay float32 in both.
 PRECISIONS = ("float32", "mixed_bfloat16")
+# `ModelConfig.cluster_kl`: the mixture models' KL of the cluster variable to the uniform prior,
+# per example (the paper) or on the batch-average assignment (a deviation from the paper, which
+# penalises unbalanced cluster use but lets each example's assignment be confident).
+CLUSTER_KL_MODES = ("example", "batch")
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,10 @@ class ModelConfig:
     alpha: float = 40.0
     augmentation: str = "scramble"
     patch_size: int = 1
+    cluster_kl: str = "example"
+    # Scale beta and alpha linearly from 0 to their values over the first N steps; 0 (the paper)
+    # applies them from the first step.
+    kl_warmup_steps: int = 0
     # The SPAIR family (`spair`, `bg_spair`, `lg_spair`). Its own defaults for the shared names
     # above (beta 0.5, tau 0.8, patch_size 4) are set by its presets.
     latent_size: int = 128
@@ -76,6 +84,10 @@ class ModelConfig:
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(
                 f"--augmentation {self.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
+        if self.cluster_kl not in CLUSTER_KL_MODES:
+            raise ConfigError(f"--cluster_kl {self.cluster_kl!r} is not one of {', '.join(CLUSTER_KL_MODES)}")
+        if self.kl_warmup_steps < 0:
+            raise ConfigError(f"--kl_warmup_steps must be non-negative (0 turns warm-up off), got {self.kl_warmup_steps}")
         for name in ("global_latent_dims", "local_latent_dims", "y_size", "patch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")

@@ -69,3 +69,10 @@ def categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
     """KL(softmax(logits) || Uniform(K)) per example, `[batch, K]` -> `[batch]`."""
     uniform = tfd.Categorical(logits=tf.zeros_like(logits))
     return tfd.kl_divergence(tfd.Categorical(logits=logits), uniform)
+
+
+def batch_categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
+    """KL(mean over the batch of softmax(logits) || Uniform(K)), a scalar, from `[batch, K]` logits."""
+    average = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=0)
+    num_clusters = tf.cast(tf.shape(logits)[-1], logits.dtype)
+    return tf.reduce_sum(average * tf.math.log(tf.maximum(average, 1e-12))) + tf.math.log(num_clusters)

@@ -160,6 +160,21 @@ def test_split_sources_disjoint_and_stratified(sources):
     assert not np.array_equal(digits.split_sources(labels, seed=1)["test"], test)
 
 
+def test_validation_split_comes_from_train_only(sources):
+    _, labels = sources
+    plain = digits.split_sources(labels, seed=0)
+    split = digits.split_sources(labels, seed=0, validation_fraction=0.15)
+
+    np.testing.assert_array_equal(split["test"], plain["test"])
+    assert len(split["validation"]) == 216
+    assert not set(split["validation"]) & set(split["train"])
+    assert sorted(set(split["validation"]) | set(split["train"])) == plain["train"].tolist()
+    assert set(labels[split["validation"]]) == set(range(10))
+    plan = digits.plan_work(labels, renders_per_digit=2, seed=0, validation_fraction=0.15)
+    assert plan["test"] == digits.plan_work(labels, renders_per_digit=2, seed=0)["test"]
+    assert len(plan["validation"]) == 432
+
+
 def test_plan_work_default_sizes(sources):
     _, labels = sources
     plan = digits.plan_work(labels, renders_per_digit=10, seed=0)

@@ -90,3 +90,12 @@ def test_categorical_kl_to_uniform():
     expected = math.log(3) + np.sum(probabilities * np.log(probabilities))
     assert float(losses.categorical_kl_to_uniform(logits)[0]) == pytest.approx(expected, rel=1e-5)
     assert float(losses.categorical_kl_to_uniform(np.zeros((1, 30), np.float32))[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batch_categorical_kl_to_uniform():
+    # Two confident examples on different clusters: the batch uses both clusters of K = 2 evenly.
+    confident = np.log(np.array([[0.999999, 0.000001], [0.000001, 0.999999]], np.float32))
+    assert float(losses.batch_categorical_kl_to_uniform(confident)) == pytest.approx(0.0, abs=1e-4)
+    same = np.log(np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]], np.float32))
+    assert float(losses.batch_categorical_kl_to_uniform(same)) == pytest.approx(
+        float(losses.categorical_kl_to_uniform(same)[0]), rel=1e-5)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.config import ModelConfig
+from trainer import losses
+from trainer.config import ConfigError, ModelConfig
 from trainer.models import build_model
 
 SEED = tf.constant([1, 2], tf.int32)
@@ -99,6 +100,21 @@ def test_loss_combines_terms_with_weights():
     np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5)
 
 
+def test_batch_cluster_kl_and_warmup():
+    config = ModelConfig(model="gmvae", beta=3.0, alpha=5.0, cluster_kl="batch", kl_warmup_steps=10)
+    model = build_model(config, (32, 32, 3))
+    inputs = tf.random.uniform([3, 32, 32, 3], -1, 1, seed=3)
+    logits = model.encode(inputs)["logits"]
+    terms = {name: value.numpy() for name, value in model.compute_losses(inputs, SEED, step=4, training=False).items()}
+    np.testing.assert_allclose(terms["kl_cluster"], np.full(3, float(losses.batch_categorical_kl_to_uniform(logits))),
+                               rtol=1e-5)
+    expected = terms["nll_x"] + 0.4 * (3.0 * terms["kl_global"] + 5.0 * terms["kl_cluster"])
+    np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5)
+    after = model.compute_losses(inputs, SEED, step=25, training=False)
+    np.testing.assert_allclose(after["loss"].numpy(), after["nll_x"].numpy() + 3.0 * after["kl_global"].numpy()
+                               + 5.0 * after["kl_cluster"].numpy(), rtol=1e-5)
+
+
 def test_noise_follows_seed():
     model = build_model(ModelConfig(model="lgvae", patch_size=4), (32, 32, 3))
     inputs = tf.random.uniform([2, 32, 32, 6], -1, 1, seed=2)
@@ -120,3 +136,9 @@ def test_cluster_prior_samples_per_cluster():
     model = build_model(ModelConfig(model="gmvae"), (32, 32, 3))
     samples = model.sample_global(6, SEED, cluster=tf.constant([0, 0, 0, 1, 1, 1]))
     assert samples.shape == (6, 128)
+
+
+@pytest.mark.parametrize("fields", [{"cluster_kl": "marginal"}, {"kl_warmup_steps": -1}])
+def test_objective_options_are_validated(fields):
+    with pytest.raises(ConfigError, match=next(iter(fields))):
+        ModelConfig(model="gmvae", **fields).validate()

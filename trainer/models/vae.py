@@ -112,6 +112,13 @@ def relaxed_one_hot(logits: tf.Tensor, temperature: float, seed: tf.Tensor) -> t
     return tf.nn.softmax((logits + gumbel) / temperature, axis=-1)
 
 
+def kl_warmup(step, warmup_steps: int) -> tf.Tensor:
+    """Return the KL weights' scale at `step`: rising linearly from 0 to 1 over `warmup_steps`, then 1."""
+    if warmup_steps <= 0:
+        return tf.constant(1.0)
+    return tf.minimum(tf.cast(step, tf.float32) / float(warmup_steps), 1.0)
+
+
 class SplitVAE(keras.Model):
     """`lgvae`, `gmvae` or `lggmvae` for images of a given shape.
 
@@ -170,9 +177,10 @@ class SplitVAE(keras.Model):
         """Compute every loss term per example; `loss` is the objective the optimiser minimises.
 
         Returns a dict of `[batch]` tensors: `nll_x`, `kl_global`, and where they exist `nll_x_hat`,
-        `kl_local`, `kl_cluster`; then `loss`. `step` is unused here (no annealing in this family).
+        `kl_local`, `kl_cluster`; then `loss`. `step` drives the optional KL warm-up
+        (`kl_warmup_steps`). With `cluster_kl="batch"` the cluster term is one batch-wide value,
+        repeated for every example.
         """
-        del step
         config = self.config
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=6))
         x, x_hat = self._split(inputs)
@@ -185,7 +193,10 @@ class SplitVAE(keras.Model):
             prior_mean, prior_sigma = self.global_encoder.prior(cluster)
             mean, sigma = self.global_encoder.posterior(features, cluster, seeds[2], training)
             terms["kl_global"] = losses.gaussian_kl(mean, sigma, prior_mean, prior_sigma)
-            terms["kl_cluster"] = losses.categorical_kl_to_uniform(logits)
+            if config.cluster_kl == "batch":
+                terms["kl_cluster"] = tf.fill(tf.shape(logits)[:1], losses.batch_categorical_kl_to_uniform(logits))
+            else:
+                terms["kl_cluster"] = losses.categorical_kl_to_uniform(logits)
         else:
             mean, sigma = self.global_encoder(x)
             terms["kl_global"] = losses.gaussian_kl(mean, sigma)
@@ -202,11 +213,13 @@ class SplitVAE(keras.Model):
         image_mean, image_log_scale = self.decoder(tf.concat(latents, axis=-1))
         terms["nll_x"] = losses.discretized_logistic_nll(x, image_mean, image_log_scale)
 
-        loss = terms["nll_x"] + config.beta * terms["kl_global"]
+        warmup = kl_warmup(step, config.kl_warmup_steps)
+        beta, alpha = warmup * config.beta, warmup * config.alpha
+        loss = terms["nll_x"] + beta * terms["kl_global"]
         if self.has_local_path:
-            loss += terms["nll_x_hat"] + config.beta * terms["kl_local"]
+            loss += terms["nll_x_hat"] + beta * terms["kl_local"]
         if self.is_mixture:
-            loss += config.alpha * terms["kl_cluster"]
+            loss += alpha * terms["kl_cluster"]
         terms["loss"] = loss
         return terms
 
