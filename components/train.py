@@ -24,6 +24,8 @@ def train(
     alpha: float,
     augmentation: str,
     patch_size: int,
+    cluster_kl: str,
+    kl_warmup_steps: int,
     latent_size: int,
     bg_latent_size: int,
     local_latent_size: int,
