@@ -26,6 +26,7 @@ def train(
     patch_size: int,
     cluster_kl: str,
     kl_warmup_steps: int,
+    local_beta_scale: float,
     latent_size: int,
     bg_latent_size: int,
     local_latent_size: int,

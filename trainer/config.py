@@ -60,6 +60,9 @@ class ModelConfig:
     # Scale beta and alpha linearly from 0 to their values over the first N steps; 0 (the paper)
     # applies them from the first step.
     kl_warmup_steps: int = 0
+    # The local latent's KL weight as a multiple of beta; 1 is the paper. Below 1 (a deviation from
+    # the paper) makes z_l the cheaper carrier of what both paths can see, such as colours.
+    local_beta_scale: float = 1.0
     # The SPAIR family (`spair`, `bg_spair`, `lg_spair`). Its own defaults for the shared names
     # above (beta 0.5, tau 0.8, patch_size 4) are set by its presets.
     latent_size: int = 128
@@ -86,6 +89,8 @@ class ModelConfig:
                 f"--augmentation {self.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
         if self.cluster_kl not in CLUSTER_KL_MODES:
             raise ConfigError(f"--cluster_kl {self.cluster_kl!r} is not one of {', '.join(CLUSTER_KL_MODES)}")
+        if self.local_beta_scale < 0:
+            raise ConfigError(f"--local_beta_scale must be non-negative, got {self.local_beta_scale}")
         if self.kl_warmup_steps < 0:
             raise ConfigError(f"--kl_warmup_steps must be non-negative (0 turns warm-up off), got {self.kl_warmup_steps}")
         for name in ("global_latent_dims", "local_latent_dims", "y_size", "patch_size"):

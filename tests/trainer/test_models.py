@@ -91,11 +91,11 @@ def test_loss_terms_and_output_shapes(model_name, terms, size):
 
 
 def test_loss_combines_terms_with_weights():
-    config = ModelConfig(model="lggmvae", beta=3.0, alpha=5.0, patch_size=4)
+    config = ModelConfig(model="lggmvae", beta=3.0, alpha=5.0, patch_size=4, local_beta_scale=0.5)
     model = build_model(config, (32, 32, 3))
     inputs = tf.random.uniform([2, 32, 32, 6], -1, 1, seed=1)
     terms = {name: value.numpy() for name, value in model.compute_losses(inputs, SEED).items()}
-    expected = (terms["nll_x"] + terms["nll_x_hat"] + 3.0 * (terms["kl_global"] + terms["kl_local"])
+    expected = (terms["nll_x"] + terms["nll_x_hat"] + 3.0 * terms["kl_global"] + 1.5 * terms["kl_local"]
                 + 5.0 * terms["kl_cluster"])
     np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5)
 
@@ -138,7 +138,8 @@ def test_cluster_prior_samples_per_cluster():
     assert samples.shape == (6, 128)
 
 
-@pytest.mark.parametrize("fields", [{"cluster_kl": "marginal"}, {"kl_warmup_steps": -1}])
+@pytest.mark.parametrize("fields", [{"cluster_kl": "marginal"}, {"kl_warmup_steps": -1},
+                                    {"local_beta_scale": -0.5}])
 def test_objective_options_are_validated(fields):
     with pytest.raises(ConfigError, match=next(iter(fields))):
         ModelConfig(model="gmvae", **fields).validate()

@@ -217,7 +217,7 @@ class SplitVAE(keras.Model):
         beta, alpha = warmup * config.beta, warmup * config.alpha
         loss = terms["nll_x"] + beta * terms["kl_global"]
         if self.has_local_path:
-            loss += terms["nll_x_hat"] + beta * terms["kl_local"]
+            loss += terms["nll_x_hat"] + config.local_beta_scale * beta * terms["kl_local"]
         if self.is_mixture:
             loss += alpha * terms["kl_cluster"]
         terms["loss"] = loss
