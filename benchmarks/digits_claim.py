@@ -287,8 +287,9 @@ def disentangle(args: argparse.Namespace) -> None:
     os.makedirs(args.output, exist_ok=True)
     classifier_dir = os.path.join(args.output, "classifier")
     if not os.path.exists(os.path.join(classifier_dir, "classifier.json")):
-        run_child(_command("split-classifier") + ["--data", args.data, "--output", classifier_dir,
-                                                  "--epochs", str(args.classifier_epochs), "--overwrite"],
+        epochs = [] if args.classifier_epochs is None else ["--epochs", str(args.classifier_epochs)]
+        run_child(_command("split-classifier") + ["--data", args.data, "--output", classifier_dir, *epochs,
+                                                  "--overwrite"],
                   os.path.join(args.output, "classifier.log"))
     for seed in args.seeds:
         if _done(read_results(args.output), model="lgvae", seed=seed):
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--setting", default="preset:", help="overrides for every run, NAME:FIELD=VALUE,...")
     compare_parser.add_argument("--steps", type=int, default=None, help="default: the presets' step count")
     disentangle_parser.add_argument("--steps", type=int, default=None, help="default: the preset's step count")
-    disentangle_parser.add_argument("--classifier_epochs", type=int, default=10)
+    disentangle_parser.add_argument("--classifier_epochs", type=int, default=None,
+                                    help="default: split-classifier's (the paper's 20)")
     for sub in (search_parser, compare_parser, disentangle_parser):
         sub.add_argument("--data", required=True, help="digits dataset folder (split-data digits)")
         sub.add_argument("--output", required=True, help="folder for the runs, results.jsonl and the tables")

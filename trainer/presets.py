@@ -50,6 +50,10 @@ _CLUSTERING_STEPS = 3_000_000
 # 20 minutes on a 2-core CPU: about 3 training steps a second for `lggmvae` at batch 64.
 _DIGITS_SHORT_STEPS = 1_500
 _DIGITS_LONG_STEPS = 12_000
+# The clustering settings shared by both digits mixture presets (paper values but the cluster KL).
+_DIGITS_CLUSTERING = {"beta": 40.0, "alpha": 40.0, "y_size": 30, "patch_size": 4, "cluster_kl": "batch"}
+# SPLIT models on the digits: z_l's KL weighs beta / 40, so that z_l, not z_g, carries the colours.
+_DIGITS_SPLIT = {"local_beta_scale": 0.025}
 _MULTIBIRD_STEPS = 200_000
 # The SPAIR family's values of the names it shares with the VAE family.
 _SPAIR_MODEL_FIELDS = {"beta": 0.5, "tau": 0.8, "patch_size": 4}
@@ -135,15 +139,18 @@ def _build_presets() -> dict[str, ExperimentConfig]:
         _experiment("celeba-split-gmvae-clustering", "celeba",
                     "SPLIT-GMVAE clusters of CelebA 64 (Fig. 6, Fig. 7)",
                     _CLUSTERING_STEPS, model="lggmvae", beta=120.0, alpha=40.0, y_size=30, patch_size=8),
-        # The digits demos keep the original objective (beta = alpha = 40, K = 30, patch 4); a
-        # run this short clusters at about chance level and exists to exercise the whole path.
+        # The digits presets: chosen by a search on a validation split carved from the training
+        # digits (benchmarks/digits_claim.py, README "Results on the embedded digits"). Two
+        # deviations from the paper's objective, both off by default elsewhere: the cluster KL on
+        # the batch-average assignment, and a KL weight on z_l of beta / 40.
         _experiment("digits-split-gmvae", "digits",
                     "SPLIT-GMVAE on the embedded textured digits, sized for the README's 20-minute main job",
-                    _DIGITS_SHORT_STEPS, model="lggmvae", beta=40.0, alpha=40.0, y_size=30, patch_size=4),
+                    _DIGITS_SHORT_STEPS, model="lggmvae", **_DIGITS_CLUSTERING, **_DIGITS_SPLIT),
         _experiment("digits-gmvae", "digits", "GMVAE baseline on the embedded textured digits, short run",
-                    _DIGITS_SHORT_STEPS, model="gmvae", beta=40.0, alpha=40.0, y_size=30, patch_size=4),
+                    _DIGITS_SHORT_STEPS, model="gmvae", **_DIGITS_CLUSTERING),
+        # Table 1 of the paper used beta 1 (`svhn-split-vae-style`); so does its digits counterpart.
         _experiment("digits-split-vae", "digits", "SPLIT-VAE on the embedded textured digits, short run",
-                    _DIGITS_SHORT_STEPS, model="lgvae", beta=40.0, patch_size=4),
+                    _DIGITS_SHORT_STEPS, model="lgvae", beta=1.0, patch_size=4, **_DIGITS_SPLIT),
     ]
     long_variants = [
         dataclasses.replace(
