@@ -12,7 +12,9 @@ colour and texture:
   scale) from the mean background colour, and composited with alpha = intensity / 16.
 
 Source digits are split 80/20 into train and test, stratified by class, and no source digit
-appears in both splits. Each source digit gets `--renders_per_digit` renders. Every render is a
+appears in both splits. `--validation_fraction` moves that share of the training digits to a
+third split, "validation", for choosing settings without the test split; the test split stays
+the same. Each source digit gets `--renders_per_digit` renders. Every render is a
 pure function of (seed, source index, render index), and the work plan maps (seed, split, index)
 to those. So any runner gives byte-identical shards, and any `--num_shards` the same records.
 Each record carries the class as `label` and the local factors `factor/background_kind`
@@ -36,6 +38,7 @@ import argparse
 import colorsys
 import dataclasses
 import logging
+import math
 from typing import Iterator, Sequence
 
 import apache_beam as beam
@@ -358,10 +361,19 @@ def _validate(args: argparse.Namespace, num_sources: int) -> None:
                          f" got {limit}")
     if not 0.0 <= args.validation_fraction < 0.5:
         raise ValueError(f"--validation_fraction must be in [0, 0.5), got {args.validation_fraction}")
+    if args.validation_fraction > 0:
+        # The stratified split needs every class in validation (scikit-learn's rounding: ceil).
+        num_train = (limit or num_sources) - math.ceil(TEST_FRACTION * (limit or num_sources))
+        num_validation = math.ceil(args.validation_fraction * num_train)
+        if num_validation < NUM_CLASSES:
+            raise ValueError(
+                f"--validation_fraction {args.validation_fraction} moves {num_validation} of the {num_train} training"
+                f" digits to validation; it needs at least {NUM_CLASSES}, one per class (raise it or"
+                " --max_source_digits)")
 
 
 def run(args: argparse.Namespace, beam_argv: list[str]) -> beam.runners.runner.PipelineResult:
-    """Render the digits into train and test shards and write the manifest last.
+    """Render the digits into train and test (and validation) shards and write the manifest last.
 
     `beam_argv` goes to `PipelineOptions` untouched. Returns the finished pipeline result.
     """

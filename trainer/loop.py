@@ -250,6 +250,10 @@ def train(config: ExperimentConfig, data_dir: str, run_dir: str,
     if manifest.name != config.dataset:
         _LOGGER.warning("preset %s expects dataset %r, %s holds %r", config.preset, config.dataset,
                         data_dir, manifest.name)
+    if config.model.cluster_kl == "batch" and strategy.num_replicas_in_sync > 1:
+        _LOGGER.warning("--cluster_kl batch averages the cluster assignments over each replica's %d examples, not"
+                        " the global batch of %d", config.train.batch_size // strategy.num_replicas_in_sync,
+                        config.train.batch_size)
     is_chief = strategy.extended.should_checkpoint
     if is_chief:
         _prepare_run_dir(run_dir, config, data_dir, manifest)

@@ -242,7 +242,7 @@ def test_job_writes_manifest(prepared):
 def test_job_records_valid(prepared):
     manifest = schema.read_manifest(prepared)
     pixels = []
-    for split in digits.SPLITS:
+    for split in manifest.splits:
         records = [schema.parse_example(record) for record in _read_split(prepared, manifest, split)]
 
         assert len(records) == manifest.splits[split].num_records
@@ -268,7 +268,7 @@ def test_job_records_match_plan(prepared, sources, textures):
     planned_sources = {split: {item[2] for item in items} for split, items in plan.items()}
     assert not planned_sources["train"] & planned_sources["test"]
 
-    for split in digits.SPLITS:
+    for split in manifest.splits:
         for serialized in _read_split(prepared, manifest, split):
             record = schema.parse_example(serialized)
             _, index, source, render_index = plan[split][record["index"]]
@@ -314,8 +314,22 @@ def test_job_shards_and_gzip_keep_records(prepared, tmp_path):
     assert manifest.compression == "GZIP"
     assert manifest.splits["test"].files == tuple(f"test-{shard:05d}-of-00003.tfrecord.gz" for shard in range(3))
     original = schema.read_manifest(prepared)
-    for split in digits.SPLITS:
+    for split in original.splits:
         assert sorted(_read_split(regrouped, manifest, split)) == sorted(_read_split(prepared, original, split))
+
+
+def test_job_writes_validation_split(prepared, tmp_path):
+    output = str(tmp_path / "with-validation")
+    assert _prepare(output, "--max_source_digits", "100", "--validation_fraction", "0.2") == 0
+
+    manifest = schema.read_manifest(output)
+    assert sorted(manifest.splits) == ["test", "train", "validation"]
+    # 100 digits: 20 test, then 16 of the 80 training digits move to validation.
+    assert {split: info.num_records for split, info in manifest.splits.items()} == {
+        "train": 64 * RENDERS, "test": 20 * RENDERS, "validation": 16 * RENDERS}
+    plain = str(tmp_path / "plain")
+    assert _prepare(plain, "--max_source_digits", "100") == 0
+    assert _read_split(output, manifest, "test") == _read_split(plain, schema.read_manifest(plain), "test")
 
 
 def test_job_removes_stale_manifest(tmp_path, capsys):
@@ -341,6 +355,9 @@ def test_cli_rejects_zero_shards(tmp_path, capsys):
     (["--renders_per_digit", "0"], "--renders_per_digit must be at least 1, got 0"),
     (["--max_source_digits", "10"], "--max_source_digits must be between 50 and 1797, got 10"),
     (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--validation_fraction", "0.5"], "--validation_fraction must be in [0, 0.5), got 0.5"),
+    (["--validation_fraction", "0.1"], "--validation_fraction 0.1 moves 5 of the 48 training digits to validation; it needs at least 10,"
+     " one per class (raise it or --max_source_digits)"),
 ])
 def test_cli_rejects_bad_flags(tmp_path, capsys, flags, message):
     assert _prepare(str(tmp_path), *flags) == 2
