@@ -1,8 +1,8 @@
 """SPLIT's claim on the embedded digits: do the clusters follow the digit rather than the colour?
 
-Three subcommands, each a sequence of `split-train` / `split-evaluate` runs in child processes
-(so that each run's CPU time is measured on its own, and an interrupted experiment resumes run by
-run from the runs' checkpoints):
+Three subcommands, each a sequence of `split-train` / `split-evaluate` runs in child processes,
+so that each training run's CPU time is measured on its own (the children's user + system time)
+and an interrupted experiment resumes run by run from the runs' checkpoints:
 
     search       trains settings of `gmvae` and `lggmvae` on a dataset with a "validation" split
                  (`split-data digits --validation_fraction 0.15`) and scores their clusters on
@@ -14,17 +14,23 @@ run from the runs' checkpoints):
     disentangle  trains the digit classifier once and `digits-split-vae-long` per seed, and writes
                  the disentanglement table (paper Table 1) with its mean and spread over the seeds.
 
-Usage (the commands of docs/results.md):
+Usage (the commands behind README's "Results on the embedded digits"):
     split-data digits --output data/digits-val --validation_fraction 0.15
     python -m benchmarks.digits_claim search --data data/digits-val --output runs/claim/search \\
-        --steps 2000 --curve_every 500 --setting paper: --setting batch-kl:cluster_kl=batch
+        --steps 1000 --curve_every 500 --setting preset: \\
+        --setting paper:cluster_kl=example,local_beta_scale=1.0
     split-data digits --output data/digits
     python -m benchmarks.digits_claim compare --data data/digits --output runs/claim/compare --seeds 0 1 2
     python -m benchmarks.digits_claim disentangle --data data/digits --output runs/claim/disentangle --seeds 0 1 2
 
 A setting is `NAME:FIELD=VALUE,FIELD=VALUE`, with the config field names of `split-train`
 (`NAME:` alone trains the preset unchanged). Results are appended to `OUTPUT/results.jsonl`, one
-JSON object per evaluation, and the tables are rewritten from it after each run.
+JSON object per evaluation, and the tables are rewritten from it after each run; a rerun skips
+what is already recorded for the same setting, model, seed and step count.
+
+The search scores its curve points in its own process (no k-means, so faster than
+`split-evaluate`), and reaches each point by resuming the run: a resumed run reseeds its input
+order (trainer/loop.py), and its CPU time includes each resume's start-up and tracing.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ CLUSTER_PRESETS = {"gmvae": "digits-gmvae-long", "lggmvae": "digits-split-gmvae-
 DISENTANGLEMENT_PRESET = "digits-split-vae-long"
 FACTORS = ("background_hue", "foreground_hue", "background_kind")
 RESULTS_NAME = "results.jsonl"
+# Config fields this command sets itself (--steps, --seed(s), one checkpoint per curve point).
+DRIVER_FIELDS = ("training_steps", "seed", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,8 @@ def parse_setting(text: str) -> Setting:
         field, equals, value = item.partition("=")
         if not equals or field not in types:
             raise ValueError(f"--setting {text!r}: {item!r} is not FIELD=VALUE with a config field of split-train")
+        if field in DRIVER_FIELDS:
+            raise ValueError(f"--setting {text!r}: {field} is set by this command's own flags")
         kind = types[field]
         try:
             if kind == "bool":
@@ -145,6 +155,16 @@ def cluster_scores(run_dir: str, data_dir: str, split: str) -> dict:
     return scores
 
 
+def _check_step(run_dir: str, step: int) -> None:
+    """Raise RuntimeError when the run's newest checkpoint is not at `step` (an older, longer run)."""
+    from trainer import evaluation
+
+    found = evaluation.checkpoint_step(run_dir)
+    if found != step:
+        raise RuntimeError(f"{run_dir}: newest checkpoint is at step {found}, not {step}; it holds a longer run of"
+                           " the same name, so use another --output or setting name")
+
+
 def _append(output: str, record: dict) -> None:
     with open(os.path.join(output, RESULTS_NAME), "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -163,7 +183,8 @@ def _done(records: list[dict], **keys) -> bool:
 
 
 def _format(values: Sequence[float]) -> str:
-    if len(values) == 1:
+    # One value, or the same value from every seed (chance and k-means on pixels use a fixed seed).
+    if len(values) == 1 or max(values) == min(values):
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
@@ -191,14 +212,17 @@ def search(args: argparse.Namespace) -> None:
             run_dir = os.path.join(args.output, setting.name, f"{model}-s{args.seed}")
             for step in points:
                 records = read_results(args.output)
-                if _done(records, setting=setting.name, model=model, seed=args.seed, step=step):
+                if _done(records, setting=setting.name, overrides=setting.overrides, model=model, seed=args.seed,
+                         step=step):
                     continue
                 start = time.perf_counter()
                 cpu = train(CLUSTER_PRESETS[model], args.data, run_dir, setting, args.seed, step)
+                wall = time.perf_counter() - start
+                _check_step(run_dir, step)
                 scores = cluster_scores(run_dir, args.data, args.split)
                 _append(args.output, {"setting": setting.name, "overrides": setting.overrides, "model": model,
                                       "seed": args.seed, "step": step, "split": args.split, "train_cpu_s": cpu,
-                                      "train_wall_s": time.perf_counter() - start, **scores})
+                                      "train_wall_s": wall, **scores})
                 print(f"{setting.name} {model} step {step}: NMI {scores['nmi']:.3f}, majority"
                       f" {scores['majority_accuracy']:.3f}, background hue NMI"
                       f" {scores['factor_nmi'].get('background_hue', float('nan')):.3f}", flush=True)
@@ -235,7 +259,7 @@ def compare(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for model, preset in CLUSTER_PRESETS.items():
             records = read_results(args.output)
-            if _done(records, model=model, seed=seed):
+            if _done(records, model=model, seed=seed, steps=args.steps):
                 continue
             run_dir = os.path.join(args.output, f"{model}-s{seed}")
             start = time.perf_counter()
@@ -255,15 +279,21 @@ def compare(args: argparse.Namespace) -> None:
 def comparison_table(records: list[dict]) -> str:
     """One row per method: the models' clusters, then random assignment and k-means of each model."""
     rows = []
-    sources = [("clusters", "{model} clusters"), ("chance", "random assignment ({model} K)"),
-               ("kmeans_pixels", "k-means on pixels"), ("kmeans_z_g", "k-means on {model} z_g")]
+    sources = [("clusters", "{model} clusters"), ("chance", "random assignment to K = {clusters}"),
+               ("kmeans_pixels", "k-means on pixels, K = {clusters}"), ("kmeans_z_g", "k-means on {model} z_g")]
     for key, title in sources:
+        shown: set[str] = set()
         for model in CLUSTER_PRESETS:
             runs = [record for record in records if record["model"] == model]
-            if not runs or key == "kmeans_pixels" and model != "gmvae":
+            if not runs:
                 continue
+            # Random assignment and k-means on pixels depend only on K and the test split.
+            name = title.format(model=model, clusters=runs[0]["metrics"].get("num_clusters"))
+            if name in shown:
+                continue
+            shown.add(name)
             scores = [record["metrics"][key] for record in runs]
-            row = {"method": title.format(model=model), "seeds": len(runs)}
+            row = {"method": name, "seeds": len(runs)}
             for column, name in (("majority_accuracy", "majority acc"), ("hungarian_accuracy", "Hungarian acc"),
                                  ("nmi", "NMI digit"), ("ari", "ARI"), ("clusters_used", "clusters used")):
                 values = [score.get(column) for score in scores]
@@ -292,7 +322,7 @@ def disentangle(args: argparse.Namespace) -> None:
                                                   "--overwrite"],
                   os.path.join(args.output, "classifier.log"))
     for seed in args.seeds:
-        if _done(read_results(args.output), model="lgvae", seed=seed):
+        if _done(read_results(args.output), model="lgvae", seed=seed, steps=args.steps):
             continue
         run_dir = os.path.join(args.output, f"lgvae-s{seed}")
         cpu = train(DISENTANGLEMENT_PRESET, args.data, run_dir, setting, seed, args.steps)

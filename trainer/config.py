@@ -56,12 +56,14 @@ class ModelConfig:
     alpha: float = 40.0
     augmentation: str = "scramble"
     patch_size: int = 1
+    # The next three change the VAE family's objective and are deviations from the paper unless
+    # left at their defaults; the SPAIR family ignores them. `gmvae`/`lggmvae`: see CLUSTER_KL_MODES.
     cluster_kl: str = "example"
-    # Scale beta and alpha linearly from 0 to their values over the first N steps; 0 (the paper)
-    # applies them from the first step.
+    # Every VAE model: scale beta and alpha linearly from 0 to their values over the first N steps;
+    # 0 (the paper) applies them from the first step.
     kl_warmup_steps: int = 0
-    # The local latent's KL weight as a multiple of beta; 1 is the paper. Below 1 (a deviation from
-    # the paper) makes z_l the cheaper carrier of what both paths can see, such as colours.
+    # `lgvae`/`lggmvae`: z_l's KL weight as a multiple of beta; 1 is the paper. Below 1, z_l is the
+    # cheaper carrier of what both paths can see, such as colours.
     local_beta_scale: float = 1.0
     # The SPAIR family (`spair`, `bg_spair`, `lg_spair`). Its own defaults for the shared names
     # above (beta 0.5, tau 0.8, patch_size 4) are set by its presets.

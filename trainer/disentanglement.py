@@ -154,7 +154,7 @@ def evaluate_disentanglement(run_dir: str, data_dir: str | None = None, classifi
         "preset": config.preset,
         "dataset": manifest.name,
         "split": split,
-        "step": evaluation._checkpoint_step(run_dir),
+        "step": evaluation.checkpoint_step(run_dir),
         "num_draws": num_draws,
         "seed": seed,
         "z_g_prior": _global_prior(config.model.model),

@@ -76,7 +76,7 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, split: str = "test",
     model, config, run_info = loop.load_trained_model(run_dir)
     data_dir = data_dir or run_info["data_dir"]
     manifest = schema.read_manifest(data_dir)
-    step = _checkpoint_step(run_dir)
+    step = checkpoint_step(run_dir)
 
     if config.model.model in SPAIR_MODELS:
         return _evaluate_counting(run_dir, model, config, data_dir, manifest, step)
@@ -120,7 +120,8 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, split: str = "test",
     return EvaluationReport(results, path, metrics_table(results))
 
 
-def _checkpoint_step(run_dir: str) -> int | None:
+def checkpoint_step(run_dir: str) -> int | None:
+    """Return the step of the run's newest checkpoint, or None when it has none."""
     latest = tf.train.latest_checkpoint(schema.join_path(run_dir, loop.CHECKPOINT_DIR))
     if latest is None:
         return None

@@ -1,5 +1,6 @@
 """Tests of the generic training loop, resuming, and the split-train command line."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -42,6 +43,17 @@ def test_training_lowers_loss(model, tiny_digits):
 def test_config_survives_json_round_trip():
     for preset in presets.PRESETS.values():
         assert config_module.ExperimentConfig.from_json(preset.to_json()) == preset
+
+
+def test_digits_presets_name_their_deviations():
+    split_gmvae, gmvae = presets.get_preset("digits-split-gmvae"), presets.get_preset("digits-gmvae")
+    assert (split_gmvae.model.cluster_kl, gmvae.model.cluster_kl) == ("batch", "batch")
+    assert split_gmvae.model.local_beta_scale == 0.025
+    # The baseline differs from SPLIT-GMVAE only in its missing local path.
+    assert dataclasses.replace(gmvae.model, model="lggmvae", local_beta_scale=0.025) == split_gmvae.model
+    split_vae = presets.get_preset("digits-split-vae")
+    assert (split_vae.model.beta, split_vae.model.local_beta_scale) == (1.0, 0.025)
+    assert presets.get_preset("svhn-split-gmvae-clustering").model.cluster_kl == "example"
 
 
 def test_override_rejects_unknown_field():

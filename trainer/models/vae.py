@@ -178,7 +178,8 @@ class SplitVAE(keras.Model):
 
         Returns a dict of `[batch]` tensors: `nll_x`, `kl_global`, and where they exist `nll_x_hat`,
         `kl_local`, `kl_cluster`; then `loss`. `step` drives the optional KL warm-up
-        (`kl_warmup_steps`). With `cluster_kl="batch"` the cluster term is one batch-wide value,
+        (`kl_warmup_steps`); with a warm-up, step 0 (the default, and what `call` uses) weighs
+        the KL terms by 0. With `cluster_kl="batch"` the cluster term is one batch-wide value,
         repeated for every example.
         """
         config = self.config
