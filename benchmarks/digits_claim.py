@@ -182,11 +182,11 @@ def _done(records: list[dict], **keys) -> bool:
     return any(all(record.get(key) == value for key, value in keys.items()) for record in records)
 
 
-def _format(values: Sequence[float]) -> str:
+def _format(values: Sequence[float], decimals: int = 3) -> str:
     # One value, or the same value from every seed (chance and k-means on pixels use a fixed seed).
     if len(values) == 1 or max(values) == min(values):
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return f"{values[0]:.{decimals}f}"
+    return f"{np.mean(values):.{decimals}f} ± {np.std(values, ddof=1):.{decimals}f}"
 
 
 def _markdown(rows: list[dict], columns: list[str]) -> str:
@@ -297,11 +297,12 @@ def comparison_table(records: list[dict]) -> str:
             for column, name in (("majority_accuracy", "majority acc"), ("hungarian_accuracy", "Hungarian acc"),
                                  ("nmi", "NMI digit"), ("ari", "ARI"), ("clusters_used", "clusters used")):
                 values = [score.get(column) for score in scores]
-                row[name] = _format(values) if None not in values else "n/a"
+                decimals = 1 if column == "clusters_used" else 3
+                row[name] = _format(values, decimals) if None not in values else "n/a"
             if key == "clusters":
                 for factor in FACTORS:
                     row[f"NMI {factor}"] = _format([record["metrics"]["cluster_factor_nmi"][factor] for record in runs])
-                row["train CPU s"] = _format([record["train_cpu_s"] for record in runs])
+                row["train CPU s"] = _format([record["train_cpu_s"] for record in runs], 0)
             rows.append(row)
     columns = ["method", "seeds", "majority acc", "Hungarian acc", "NMI digit", "ARI", "clusters used"]
     columns += [f"NMI {factor}" for factor in FACTORS] + ["train CPU s"]

@@ -12,6 +12,8 @@ from one case to the next:
 - `ours`: `trainer.models.spair.Spair` as the trainer builds it: every cell at once and the
   count prior in closed form. No XLA.
 - `ours-xla` (with `--xla`): the same step compiled with XLA, for information.
+- `ours-bf16` (with `--bf16`): ours under Keras's `mixed_bfloat16` policy (`--mixed_precision
+  mixed_bfloat16` of `split-train`): bfloat16 layer compute, float32 variables and losses.
 
 Both configurations share every layer and weight shape and the loss. The step is the trainer's
 (gradient tape, the loss averaged over the batch, Adam with `clipnorm` 1.0) on random images in
@@ -31,7 +33,7 @@ import sys
 import time
 
 PRESETS = {"bg_spair": "multibird-easy-bg-spair", "lg_spair": "multibird-easy-split-spair"}
-CASES = ("plain", "ours", "ours-xla")
+CASES = ("plain", "ours", "ours-xla", "ours-bf16")
 IMAGE_SHAPE = (48, 48, 3)
 WARMUP_STEPS = 2
 
@@ -96,6 +98,9 @@ def run_case(model_name: str, case: str, steps: int, batch_size: int) -> dict:
     from trainer.models import spair
 
     config = presets.get_preset(PRESETS[model_name])
+    if case == "ours-bf16":
+        # Each case runs in its own process, so the global policy affects this case only.
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model_class = _plain_model_class() if case == "plain" else spair.Spair
     start = time.perf_counter()
     model = model_class(config.model, IMAGE_SHAPE, name=model_name)
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=32, help="images per step (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each case; the best counts (default 2)")
     parser.add_argument("--xla", action="store_true", help="also time our step compiled with XLA")
+    parser.add_argument("--bf16", action="store_true", help="also time our step under mixed_bfloat16")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_case(args.one[0], args.one[1], args.steps, args.batch_size)))
         return 0
 
-    cases = ["plain", "ours"] + (["ours-xla"] if args.xla else [])
+    cases = ["plain", "ours"] + (["ours-xla"] if args.xla else []) + (["ours-bf16"] if args.bf16 else [])
     best: dict[tuple[str, str], dict] = {}
     for repeat in range(args.repeats):
         for model_name in args.models:
