@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_case(args.one[0], args.one[1], args.steps, args.batch_size)))
         return 0
 
-    cases = ["plain", "ours"] + (["ours-xla"] if args.xla else []) + (["ours-bf16"] if args.bf16 else [])
+    cases = ["plain", "ours"]
+    if args.xla:
+        cases.append("ours-xla")
+    if args.bf16:
+        cases.append("ours-bf16")
     best: dict[tuple[str, str], dict] = {}
     for repeat in range(args.repeats):
         for model_name in args.models:

@@ -74,9 +74,9 @@ def categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
 def batch_categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
     """KL(mean over the batch of softmax(logits) || Uniform(K)), a scalar, from `[batch, K]` logits.
 
-    Under a strategy with several replicas each replica averages its own part of the batch, as
-    unsynchronised batch normalisation does: an all-reduce cannot run inside the replica's
-    nested tf.function, so the value depends on the per-replica batch size (the loop warns).
+    Under a strategy with several replicas, each replica averages its own part of the batch, as
+    unsynchronised batch normalisation does. An all-reduce cannot run inside the replica's nested
+    tf.function, so the value depends on the per-replica batch size, and the loop warns.
     """
     average = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=0)
     num_clusters = tf.cast(tf.shape(logits)[-1], logits.dtype)
