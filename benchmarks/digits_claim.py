@@ -1,7 +1,7 @@
 """SPLIT's claim on the embedded digits: do the clusters follow the digit rather than the colour?
 
-Three subcommands, each a sequence of `split-train` / `split-evaluate` runs in child processes,
-so that each training run's CPU time is measured on its own (the children's user + system time)
+Three subcommands, each a sequence of `split-train` / `split-evaluate` runs in child processes.
+Each training run's CPU time is therefore measured on its own (the child's user + system time),
 and an interrupted experiment resumes run by run from the runs' checkpoints:
 
     search       trains settings of `gmvae` and `lggmvae` on a dataset with a "validation" split
@@ -161,8 +161,8 @@ def _check_step(run_dir: str, step: int) -> None:
 
     found = evaluation.checkpoint_step(run_dir)
     if found != step:
-        raise RuntimeError(f"{run_dir}: newest checkpoint is at step {found}, not {step}; it holds a longer run of"
-                           " the same name, so use another --output or setting name")
+        raise RuntimeError(f"{run_dir}: newest checkpoint is at step {found}, expected {step}. The folder contains"
+                           " a longer run of the same name; use another --output or setting name")
 
 
 def _append(output: str, record: dict) -> None:
@@ -282,16 +282,16 @@ def comparison_table(records: list[dict]) -> str:
     sources = [("clusters", "{model} clusters"), ("chance", "random assignment to K = {clusters}"),
                ("kmeans_pixels", "k-means on pixels, K = {clusters}"), ("kmeans_z_g", "k-means on {model} z_g")]
     for key, title in sources:
-        shown: set[str] = set()
+        listed: set[str] = set()
         for model in CLUSTER_PRESETS:
             runs = [record for record in records if record["model"] == model]
             if not runs:
                 continue
             # Random assignment and k-means on pixels depend only on K and the test split.
             name = title.format(model=model, clusters=runs[0]["metrics"].get("num_clusters"))
-            if name in shown:
+            if name in listed:
                 continue
-            shown.add(name)
+            listed.add(name)
             scores = [record["metrics"][key] for record in runs]
             row = {"method": name, "seeds": len(runs)}
             for column, name in (("majority_accuracy", "majority acc"), ("hungarian_accuracy", "Hungarian acc"),

@@ -13,8 +13,8 @@ colour and texture:
 
 Source digits are split 80/20 into train and test, stratified by class, and no source digit
 appears in both splits. `--validation_fraction` moves that share of the training digits to a
-third split, "validation", for choosing settings without the test split; the test split stays
-the same. Each source digit gets `--renders_per_digit` renders. Every render is a
+third split, "validation", so that settings can be chosen without the test split. The test
+split stays the same. Each source digit gets `--renders_per_digit` renders. Every render is a
 pure function of (seed, source index, render index), and the work plan maps (seed, split, index)
 to those. So any runner gives byte-identical shards, and any `--num_shards` the same records.
 Each record carries the class as `label` and the local factors `factor/background_kind`
