@@ -8,9 +8,11 @@ from one case to the next:
 - `plain`: the baseline, a straightforward port. It runs the per-cell part of the model (where,
   glimpse, what, depth, presence, object decoder, placement) in a Python loop over the grid
   cells, and the count prior as the sequential per-cell recurrence. The traced graph therefore
-  contains one copy of each per cell. No XLA.
-- `ours`: `trainer.models.spair.Spair` as the trainer builds it: every cell at once and the
-  count prior in closed form. No XLA.
+  contains one copy of each per cell. The decoders upsample with Keras' `Resizing` layer, and
+  the optimizer is Keras' stock `Adam`. No XLA.
+- `ours`: `trainer.models.spair.Spair` and `trainer.adam.FusedAdam`, as the trainer builds
+  them: every cell at once, the count prior in closed form, upsampling by interpolation
+  matrices, and Adam's fused kernel. No XLA.
 - `ours-xla` (with `--xla`): the same step compiled with XLA, for information.
 - `ours-bf16` (with `--bf16`): ours under Keras's `mixed_bfloat16` policy (`--mixed_precision
   mixed_bfloat16` of `split-train`): bfloat16 layer compute, float32 variables and losses.
@@ -40,6 +42,7 @@ WARMUP_STEPS = 2
 
 def _plain_model_class():
     """Return the plain configuration: `Spair` with per-cell Python loops (imports TensorFlow)."""
+    import keras
     import tensorflow as tf
 
     from trainer import spair_losses
@@ -47,6 +50,16 @@ def _plain_model_class():
 
     class PlainCellLoopSpair(spair.Spair):
         """`Spair` that visits the grid cells one by one in Python, as a straightforward port would."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            decoders = [self.object_decoder, getattr(self, "background_decoder", None),
+                        getattr(self, "local_decoder", None)]
+            for decoder in decoders:
+                if hasattr(decoder, "stages"):
+                    decoder.stages = [(convolution, keras.layers.Resizing(upsample.height, upsample.width,
+                                                                          interpolation="bilinear"))
+                                      for convolution, upsample in decoder.stages]
 
         def propose_objects(self, x, features, cell_centres, local_code, seed, training):
             per_cell = []
@@ -94,7 +107,7 @@ def run_case(model_name: str, case: str, steps: int, batch_size: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from trainer import augment, presets
+    from trainer import adam, augment, presets
     from trainer.models import spair
 
     config = presets.get_preset(PRESETS[model_name])
@@ -105,7 +118,8 @@ def run_case(model_name: str, case: str, steps: int, batch_size: int) -> dict:
     start = time.perf_counter()
     model = model_class(config.model, IMAGE_SHAPE, name=model_name)
     model.build_variables()
-    optimizer = keras.optimizers.Adam(config.train.learning_rate, clipnorm=config.train.clipnorm)
+    optimizer_class = keras.optimizers.Adam if case == "plain" else adam.FusedAdam
+    optimizer = optimizer_class(config.train.learning_rate, clipnorm=config.train.clipnorm)
     optimizer.build(model.trainable_variables)
     build_seconds = time.perf_counter() - start
 

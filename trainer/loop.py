@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import schema
-from trainer import data
+from trainer import adam, data
 from trainer.config import GMVAE_MODELS, ConfigError, ExperimentConfig, TrainConfig
 from trainer.models import build_model
 
@@ -213,7 +213,7 @@ def build_training_state(config: ExperimentConfig, image_shape, strategy: tf.dis
     with strategy.scope():
         with _dtype_policy(config.train.mixed_precision):
             model = build_model(config.model, image_shape)
-        optimizer = keras.optimizers.Adam(learning_rate(config), clipnorm=clipnorm or None)
+        optimizer = adam.FusedAdam(learning_rate(config), clipnorm=clipnorm or None)
         # Keras 3 optimizers must create their slots before the first distributed step.
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)

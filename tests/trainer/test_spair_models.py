@@ -9,8 +9,7 @@ import tensorflow as tf
 
 from trainer import spatial
 from trainer.config import ConfigError, ModelConfig
-from trainer.models import build_model
-from trainer.models import spair
+from trainer.models import build_model, layers, spair
 
 SEED = tf.constant([1, 2], tf.int32)
 SPAIR_FIELDS = {"beta": 0.5, "tau": 0.8, "patch_size": 4}
@@ -268,3 +267,22 @@ def test_training_lowers_loss():
     losses = [float(train_step(tf.constant([0, step]))) for step in range(40)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * losses[0]
+
+
+def test_image_outputs_take_float32_sigmoid_under_bfloat16():
+    # In bfloat16, sigmoid(8) rounds to exactly 1, where the cross-entropy's gradient vanishes.
+    assert tf.sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() == 1.0
+    assert layers.float32_sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() < 1.0
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(_config("lg_spair", dense_bg=True, dense_local=True, concat_z_what=True),
+                            (48, 48, 3))
+        inputs = tf.random.stateless_uniform([2, 48, 48, model.input_channels], seed=[3, 4])
+        outputs = model.forward(inputs, SEED, training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.object_decoder.output_convolution.compute_dtype == "bfloat16"
+    for name in ("objects", "background", "x_hat_reconstruction", "reconstruction"):
+        assert outputs[name].dtype == tf.float32, name

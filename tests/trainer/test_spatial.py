@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import spatial
+from trainer.models import layers
 
 
 def _boxes(*values):
@@ -98,3 +99,19 @@ def test_glimpse_and_placement_differentiate_boxes():
     gradient = tape.gradient(total, boxes).numpy()
     assert np.all(np.isfinite(gradient))
     assert np.all(np.abs(gradient).sum(axis=-1) > 0)
+
+
+@pytest.mark.parametrize("source, target", [((4, 6), (8, 12)), ((8, 8), (13, 5)), ((12, 12), (12, 12))])
+def test_bilinear_resize_matches_tensorflow(source, target):
+    images = tf.random.stateless_uniform([3, *source, 5], seed=[4, 2])
+    weights = tf.random.stateless_uniform([3, *target, 5], seed=[4, 3])
+    layer = layers.BilinearResize(*target)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(images)
+        ours = layer(images)
+        theirs = tf.image.resize(images, target, "bilinear")
+        ours_loss = tf.reduce_sum(ours * weights)
+        theirs_loss = tf.reduce_sum(theirs * weights)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(ours_loss, images).numpy(),
+                               tape.gradient(theirs_loss, images).numpy(), atol=1e-5)

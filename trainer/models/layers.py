@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from trainer import losses
+from trainer import losses, spatial
 
 
 def conv(filters: int, kernel: int, stride: int, activation: str | None) -> keras.layers.Conv2D:
@@ -17,6 +17,15 @@ def float32(values: tf.Tensor) -> tf.Tensor:
     # Under the mixed_bfloat16 policy layers compute in bfloat16. Distribution parameters are
     # cast back so that sampling, the KL terms and the likelihoods run in float32.
     return tf.cast(values, tf.float32)
+
+
+def float32_sigmoid(pre_activation: tf.Tensor) -> tf.Tensor:
+    """Return `sigmoid(x)` computed in float32, for outputs that a likelihood compares with pixels.
+
+    In bfloat16 the sigmoid rounds to exactly 1 above x = 6.2, where both its gradient and that of
+    the clipped cross-entropy vanish, so such a pixel stops learning; float32 reaches 1 above 17.
+    """
+    return tf.sigmoid(float32(pre_activation))
 
 
 def positive(pre_activation: tf.Tensor) -> tf.Tensor:
@@ -44,3 +53,34 @@ class ConvGaussianEncoder(keras.layers.Layer):
             features = convolution(features)
         features = self.flatten(features)
         return float32(self.mean(features)), positive(self.sigma(features))
+
+
+class BilinearResize(keras.layers.Layer):
+    """Resize `[batch, h, w, channels]` to `[batch, height, width, channels]`, bilinearly.
+
+    The values are those of `tf.image.resize(..., "bilinear")` (half-pixel centres, no
+    antialiasing, edge pixels clamped), computed as one interpolation matrix per axis: two
+    matrix products forward and two backward. On the CPU this is several times cheaper than
+    TensorFlow's `ResizeBilinearGrad`, which took about 10% of the SPAIR training step's CPU time
+    in the object decoder (profile in `benchmarks/spair_speed.py`), and it runs in bfloat16 under
+    the mixed policy, where TensorFlow's resize kernel is slow.
+    """
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height = height
+        self.width = width
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        batch = tf.shape(images)[0]
+        rows, columns, channels = images.shape[1], images.shape[2], images.shape[3]
+        row_weights = spatial.interpolation_weights(spatial.pixel_centres(self.height, images.dtype), rows)
+        column_weights = spatial.interpolation_weights(spatial.pixel_centres(self.width, images.dtype), columns)
+        # Rows first on `[batch, rows, columns * channels]`, then columns on
+        # `[batch * height, columns, channels]`: both are matmuls with no transposes.
+        resized = tf.matmul(row_weights, tf.reshape(images, [batch, rows, columns * channels]))
+        resized = tf.matmul(column_weights, tf.reshape(resized, [batch * self.height, columns, channels]))
+        return tf.reshape(resized, [batch, self.height, self.width, channels])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])

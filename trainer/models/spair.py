@@ -158,16 +158,16 @@ class ObjectDecoder(keras.layers.Layer):
         self.dense = keras.layers.Dense(quarter * quarter * 32, activation="relu")
         self.reshape = keras.layers.Reshape((quarter, quarter, 32))
         self.stages = [
-            (layers.conv(64, 3, 1, "relu"), keras.layers.Resizing(2 * quarter, 2 * quarter, interpolation="bilinear")),
-            (layers.conv(32, 3, 1, "relu"), keras.layers.Resizing(object_size, object_size, interpolation="bilinear")),
+            (layers.conv(64, 3, 1, "relu"), layers.BilinearResize(2 * quarter, 2 * quarter)),
+            (layers.conv(32, 3, 1, "relu"), layers.BilinearResize(object_size, object_size)),
         ]
-        self.output_convolution = layers.conv(channels + 1, 3, 1, "sigmoid")
+        self.output_convolution = layers.conv(channels + 1, 3, 1, None)
 
     def call(self, codes: tf.Tensor) -> tf.Tensor:
         features = self.reshape(self.dense(self.hidden(codes)))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        return layers.float32(self.output_convolution(features))
+        return layers.float32_sigmoid(self.output_convolution(features))
 
 
 class DenseImageEncoder(keras.layers.Layer):
@@ -199,17 +199,17 @@ class ConvImageDecoder(keras.layers.Layer):
         self.dense = keras.layers.Dense((height // 8) * (width // 8) * 128, activation="relu")
         self.reshape = keras.layers.Reshape((height // 8, width // 8, 128))
         self.stages = [
-            (layers.conv(128, 3, 1, "relu"), keras.layers.Resizing(height // 4, width // 4, interpolation="bilinear")),
-            (layers.conv(64, 3, 1, "relu"), keras.layers.Resizing(height // 2, width // 2, interpolation="bilinear")),
-            (layers.conv(32, 3, 1, "sigmoid"), keras.layers.Resizing(height, width, interpolation="bilinear")),
+            (layers.conv(128, 3, 1, "relu"), layers.BilinearResize(height // 4, width // 4)),
+            (layers.conv(64, 3, 1, "relu"), layers.BilinearResize(height // 2, width // 2)),
+            (layers.conv(32, 3, 1, "sigmoid"), layers.BilinearResize(height, width)),
         ]
-        self.output_convolution = layers.conv(channels, 3, 1, "sigmoid")
+        self.output_convolution = layers.conv(channels, 3, 1, None)
 
     def call(self, codes: tf.Tensor) -> tf.Tensor:
         features = self.reshape(self.dense(codes))
         for convolution, upsample in self.stages:
             features = upsample(convolution(features))
-        return layers.float32(self.output_convolution(features))
+        return layers.float32_sigmoid(self.output_convolution(features))
 
 
 class DenseImageDecoder(keras.layers.Layer):
@@ -218,14 +218,14 @@ class DenseImageDecoder(keras.layers.Layer):
     def __init__(self, height: int, width: int, channels: int, **kwargs):
         super().__init__(**kwargs)
         self.hidden = [keras.layers.Dense(500, activation="relu"), keras.layers.Dense(1024, activation="relu")]
-        self.output_layer = keras.layers.Dense(height * width * channels, activation="sigmoid")
+        self.output_layer = keras.layers.Dense(height * width * channels)
         self.reshape = keras.layers.Reshape((height, width, channels))
 
     def call(self, codes: tf.Tensor) -> tf.Tensor:
         features = codes
         for layer in self.hidden:
             features = layer(features)
-        return layers.float32(self.reshape(self.output_layer(features)))
+        return layers.float32_sigmoid(self.reshape(self.output_layer(features)))
 
 
 def _image_autoencoder(dense: bool, latent_size: int, image_shape: tuple[int, int, int],
