@@ -3,8 +3,8 @@
 Keras 3's `Adam.update_step` is written in backend-neutral ops: about ten element-wise
 TensorFlow ops per variable, each of which reads and writes the whole tensor. The SPAIR models
 carry 32 million parameters (the dense background and local autoencoders), and those ops took
-about a fifth of the CPU time of an `lg_spair` step (the profile in benchmarks/spair_speed.py's
-notes). `tf.raw_ops.ResourceApplyAdam` does the same update in one pass over each variable.
+about a fifth of the CPU time of an `lg_spair` step (profile in benchmarks/results/spair_speed.md).
+`tf.raw_ops.ResourceApplyAdam` does the same update in one pass over each variable.
 
 The update is the one Keras documents:
 
@@ -16,8 +16,8 @@ with `t` the 1-based step. The kernel computes the same formula, so the two agre
 rounding (tests/trainer/test_adam.py). Slots, their names and the checkpoint layout are Keras'
 own, so checkpoints of either optimizer restore into the other.
 
-`clipnorm` is cheaper too: Keras squares, sums, multiplies and divides every gradient in
-separate passes; here the squared norm is one `l2_loss` and the gradient is scaled once.
+`clipnorm` is cheaper too. Keras squares, sums, multiplies and divides every gradient in
+separate passes. Here the squared norm is one `l2_loss`, and the gradient is scaled once.
 """
 
 from __future__ import annotations

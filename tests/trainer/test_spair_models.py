@@ -269,7 +269,7 @@ def test_training_lowers_loss():
     assert np.mean(losses[-5:]) < 0.8 * losses[0]
 
 
-def test_image_outputs_take_float32_sigmoid_under_bfloat16():
+def test_bfloat16_policy_spares_heads_and_image_outputs():
     # In bfloat16, sigmoid(8) rounds to exactly 1, where the cross-entropy's gradient vanishes.
     assert tf.sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() == 1.0
     assert layers.float32_sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() < 1.0
@@ -284,5 +284,10 @@ def test_image_outputs_take_float32_sigmoid_under_bfloat16():
     finally:
         keras.config.set_dtype_policy(previous)
     assert model.object_decoder.output_convolution.compute_dtype == "bfloat16"
+    assert model.backbone.convolutions[0].compute_dtype == "bfloat16"
+    heads = [*model.where_head.hidden, model.where_head.output_layer, model.object_encoder.mean,
+             model.object_encoder.sigma, model.depth_head.output_layer, model.presence_head.logit]
+    for head in heads:
+        assert head.compute_dtype == "float32", head.name
     for name in ("objects", "background", "x_hat_reconstruction", "reconstruction"):
         assert outputs[name].dtype == tf.float32, name

@@ -22,8 +22,8 @@ def float32(values: tf.Tensor) -> tf.Tensor:
 def float32_sigmoid(pre_activation: tf.Tensor) -> tf.Tensor:
     """Return `sigmoid(x)` computed in float32, for outputs that a likelihood compares with pixels.
 
-    In bfloat16 the sigmoid rounds to exactly 1 above x = 6.2, where both its gradient and that of
-    the clipped cross-entropy vanish, so such a pixel stops learning; float32 reaches 1 above 17.
+    In bfloat16 the sigmoid rounds to exactly 1 above x = 6.2. There its gradient and that of the
+    clipped cross-entropy vanish, so such a pixel stops learning. In float32 that happens above 17.
     """
     return tf.sigmoid(float32(pre_activation))
 
@@ -60,10 +60,10 @@ class BilinearResize(keras.layers.Layer):
 
     The values are those of `tf.image.resize(..., "bilinear")` (half-pixel centres, no
     antialiasing, edge pixels clamped), computed as one interpolation matrix per axis: two
-    matrix products forward and two backward. On the CPU this is several times cheaper than
-    TensorFlow's `ResizeBilinearGrad`, which took about 10% of the SPAIR training step's CPU time
-    in the object decoder (profile in `benchmarks/spair_speed.py`), and it runs in bfloat16 under
-    the mixed policy, where TensorFlow's resize kernel is slow.
+    matrix products forward and two backward. In the `lg_spair` training step on the CPU,
+    TensorFlow's resize and its gradient took 68 ms of CPU time per step and these products 43 ms
+    (profile in benchmarks/results/spair_speed.md). They also run in bfloat16 under the mixed
+    policy, where TensorFlow's resize kernel is slow.
     """
 
     def __init__(self, height: int, width: int, **kwargs):

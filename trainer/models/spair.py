@@ -37,6 +37,10 @@ MAX_COUNT_PRIOR_SUCCESS = 0.99
 DEPTH_IMPORTANCE_OFFSET = 0.5
 RENDER_EPSILON = 1e-8
 OBJECT_COLOUR_NOISE = 0.01
+# The per-cell heads (where, what's Gaussian head, depth, presence) compute in float32 under every
+# dtype policy; only the convolutions, where the work is, take bfloat16 under mixed_bfloat16.
+# They decide boxes and presences, and their matmuls are small.
+HEAD_DTYPE = "float32"
 
 
 # The model's Python has no control flow that depends on tensor values, so autograph's rewrite of
@@ -83,8 +87,9 @@ class WhereHead(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.hidden = [keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64, activation="relu")]
-        self.output_layer = keras.layers.Dense(2 * WHERE_DIMS + PASS_THROUGH_FEATURES)
+        self.hidden = [keras.layers.Dense(128, activation="relu", dtype=HEAD_DTYPE),
+                       keras.layers.Dense(64, activation="relu", dtype=HEAD_DTYPE)]
+        self.output_layer = keras.layers.Dense(2 * WHERE_DIMS + PASS_THROUGH_FEATURES, dtype=HEAD_DTYPE)
 
     def call(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Map `[cells, 100]` to mean `[cells, 4]`, sigma `[cells, 4]` and pass-through `[cells, 8]`."""
@@ -103,9 +108,9 @@ class ObjectEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.convolutions = [layers.conv(32, 3, 2, "relu"), layers.conv(64, 3, 2, "relu")]
         self.flatten = keras.layers.Flatten()
-        self.hidden = keras.layers.Dense(2 * latent_size, activation="relu")
-        self.mean = keras.layers.Dense(latent_size)
-        self.sigma = keras.layers.Dense(latent_size)
+        self.hidden = keras.layers.Dense(2 * latent_size, activation="relu", dtype=HEAD_DTYPE)
+        self.mean = keras.layers.Dense(latent_size, dtype=HEAD_DTYPE)
+        self.sigma = keras.layers.Dense(latent_size, dtype=HEAD_DTYPE)
 
     def call(self, glimpses: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Map glimpses `[cells, size, size, channels]` to mean and sigma, each `[cells, latent_size]`."""
@@ -121,8 +126,8 @@ class DepthHead(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(64, activation="relu")
-        self.output_layer = keras.layers.Dense(2 + PASS_THROUGH_FEATURES)
+        self.hidden = keras.layers.Dense(64, activation="relu", dtype=HEAD_DTYPE)
+        self.output_layer = keras.layers.Dense(2 + PASS_THROUGH_FEATURES, dtype=HEAD_DTYPE)
 
     def call(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Map `[cells, features]` to mean `[cells, 1]`, sigma `[cells, 1]` and pass-through `[cells, 8]`."""
@@ -136,8 +141,8 @@ class PresenceHead(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(64, activation="relu")
-        self.logit = keras.layers.Dense(1)
+        self.hidden = keras.layers.Dense(64, activation="relu", dtype=HEAD_DTYPE)
+        self.logit = keras.layers.Dense(1, dtype=HEAD_DTYPE)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         """Map `[cells, features]` to logits `[cells]`."""
