@@ -15,7 +15,9 @@ from one case to the next:
   matrices, and Adam's fused kernel. No XLA.
 - `ours-xla` (with `--xla`): the same step compiled with XLA, for information.
 - `ours-bf16` (with `--bf16`): ours under Keras's `mixed_bfloat16` policy (`--mixed_precision
-  mixed_bfloat16` of `split-train`): bfloat16 layer compute, float32 variables and losses.
+  mixed_bfloat16` of `split-train`). The convolutions and the autoencoders compute in
+  bfloat16. The per-cell heads, the image outputs' sigmoids, the spatial transformer, the
+  renderer, the losses and the variables stay float32.
 
 Both configurations share every layer and weight shape and the loss. The step is the trainer's
 (gradient tape, the loss averaged over the batch, Adam with `clipnorm` 1.0) on random images in
