@@ -1,9 +1,10 @@
 """Adam with TensorFlow's fused update kernel.
 
 Keras 3's `Adam.update_step` is written in backend-neutral ops: about ten element-wise
-TensorFlow ops per variable, each of which reads and writes the whole tensor. The SPAIR models
-carry 32 million parameters (the dense background and local autoencoders), and those ops took
-about a fifth of the CPU time of an `lg_spair` step (profile in benchmarks/results/spair_speed.md).
+TensorFlow ops per variable, each of which reads and writes the whole tensor. The Multi-Bird
+presets of lg_spair carry 32 million parameters (the dense background and local autoencoders).
+There those ops took about a fifth of the CPU time of a training step (profile in
+benchmarks/results/spair_speed.md).
 `tf.raw_ops.ResourceApplyAdam` does the same update in one pass over each variable.
 
 The update is the one Keras documents:

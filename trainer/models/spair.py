@@ -38,8 +38,9 @@ DEPTH_IMPORTANCE_OFFSET = 0.5
 RENDER_EPSILON = 1e-8
 OBJECT_COLOUR_NOISE = 0.01
 # The per-cell heads (where, what's Gaussian head, depth, presence) compute in float32 under every
-# dtype policy; only the convolutions, where the work is, take bfloat16 under mixed_bfloat16.
-# They decide boxes and presences, and their matmuls are small.
+# dtype policy. They decide boxes and presences, and their matmuls are small. Under
+# mixed_bfloat16 only the convolutions and the autoencoders, where the work is, take bfloat16:
+# with bfloat16 heads too, lg_spair found digits twice (benchmarks/results/spair_speed.md).
 HEAD_DTYPE = "float32"
 
 
