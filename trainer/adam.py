@@ -33,8 +33,8 @@ class FusedAdam(keras.optimizers.Adam):
     AMSGrad and variables of other dtypes take Keras' own update.
     """
 
-    # Overrides a private hook of Keras 3.15 (`BaseOptimizer._clip_gradients` calls it for
-    # `clipnorm`); constraints.txt pins that version, and tests/trainer/test_adam.py checks it.
+    # Overrides a private hook of Keras 3.15: `BaseOptimizer._clip_gradients` calls it for
+    # `clipnorm`. constraints.txt pins that version, and tests/trainer/test_adam.py checks the result.
     def _clip_by_norm(self, values, axes=None):
         if axes is not None:
             return super()._clip_by_norm(values, axes)

@@ -269,7 +269,7 @@ def test_training_lowers_loss():
     assert np.mean(losses[-5:]) < 0.8 * losses[0]
 
 
-def test_bfloat16_policy_spares_heads_and_image_outputs():
+def test_bfloat16_keeps_heads_float32():
     # In bfloat16, sigmoid(8) rounds to exactly 1, where the cross-entropy's gradient vanishes.
     assert tf.sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() == 1.0
     assert layers.float32_sigmoid(tf.constant(8.0, tf.bfloat16)).numpy() < 1.0
