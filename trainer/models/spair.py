@@ -37,9 +37,9 @@ MAX_COUNT_PRIOR_SUCCESS = 0.99
 DEPTH_IMPORTANCE_OFFSET = 0.5
 RENDER_EPSILON = 1e-8
 OBJECT_COLOUR_NOISE = 0.01
-# The per-cell heads (where, what's Gaussian head, depth, presence) decide boxes and presences and
-# are small, so they compute in float32 under every dtype policy. With bfloat16 heads, lg_spair
-# found digits twice (benchmarks/results/spair_speed.md).
+# The per-cell heads (where, the Gaussian head of z_what, depth, presence) decide boxes and
+# presences and are small, so they compute in float32 under every dtype policy. With bfloat16
+# heads, lg_spair counted many digits twice (benchmarks/results/spair_speed.md).
 HEAD_DTYPE = "float32"
 
 
