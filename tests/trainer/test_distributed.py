@@ -29,6 +29,9 @@ SUBPROCESS_TIMEOUT_SECONDS = 600
 # Kubernetes' default grace period between SIGTERM and SIGKILL.
 PREEMPTION_GRACE_SECONDS = 30
 RELATIVE_TOLERANCE = 1e-5
+# Loss terms near zero, such as lggmvae's cluster KL (about 6e-3 here), differ between one and two
+# replicas by float32 rounding of the replica sums, about 1e-7 in absolute terms.
+ABSOLUTE_TOLERANCE = 1e-6
 
 
 def _load_arrays(path) -> dict[str, np.ndarray]:
@@ -84,7 +87,7 @@ def test_two_replicas_match_one_device(model, clipnorm, replica_run):
     for one, two in zip(results["losses_one_replica"], results["losses_two_replicas"]):
         assert one.keys() == two.keys()
         for name in one:
-            assert two[name] == pytest.approx(one[name], rel=RELATIVE_TOLERANCE), name
+            assert two[name] == pytest.approx(one[name], rel=RELATIVE_TOLERANCE, abs=ABSOLUTE_TOLERANCE), name
     # The weights moved (by about the learning rate per step) and moved the same way.
     assert results["max_weight_change"] > 1e-4
     assert results["max_weight_difference"] < 1e-5
